@@ -1,0 +1,145 @@
+"""Loading probe images: a folder or a list of PNG/JPEG files to one normalised tensor.
+
+The probes take a float tensor (N, 3, H, W), normalised the way the model was
+trained (ImageNet mean and std by default), plus one name per image. Names key
+the probe's results and its resume state, so they must be unique.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "IMAGE_SUFFIXES", "ImageSet", "load_images"]
+
+# torchvision's ImageNet statistics (the normalisation of its pretrained classifiers).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """Images ready for a probe.
+
+    Attributes:
+        images: float tensor (N, 3, H, W), ``(pixel / 255 - mean) / std``.
+        names: N unique names (file names relative to the folder, or the given paths).
+        mean, std: the per-channel normalisation that was applied.
+    """
+
+    images: torch.Tensor
+    names: tuple[str, ...]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(H, W) of every image."""
+        return tuple(self.images.shape[-2:])
+
+
+def _list_files(source: str | os.PathLike | Sequence[str | os.PathLike]) -> tuple[list[Path], list[str]]:
+    if isinstance(source, (str, os.PathLike)):
+        root = Path(source)
+        if not root.exists():
+            raise FileNotFoundError(f"image folder or file {str(root)!r} does not exist")
+        if root.is_file():
+            return [root], [root.name]
+        files = sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith("."))
+        if not files:
+            raise ValueError(f"image folder {str(root)!r} is empty; expected PNG or JPEG files")
+        return files, [p.name for p in files]
+    files = [Path(p) for p in source]
+    if not files:
+        raise ValueError("the list of image files is empty; expected at least one PNG or JPEG file")
+    missing = [str(p) for p in files if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"image file {missing[0]!r} does not exist")
+    return files, [str(p) for p in files]
+
+
+def load_images(
+    source: str | os.PathLike | Sequence[str | os.PathLike],
+    *,
+    resize: tuple[int, int] | None = None,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    on_bad: str = "skip",
+) -> ImageSet:
+    """Load a folder (non-recursive, sorted by name) or a list of image files.
+
+    Grayscale, palette and RGBA images are converted to RGB with a warning that
+    says so (alpha is dropped, not blended). Images of different sizes are
+    refused unless ``resize`` is given.
+
+    Args:
+        source: a folder, one file, or a list of files.
+        resize: (H, W) to resize every image to (bilinear); default None keeps sizes.
+        mean, std: per-channel normalisation of pixels in [0, 1]; default ImageNet's.
+        on_bad: what to do with a file that is not a readable PNG/JPEG:
+            ``"skip"`` (default, with a warning) or ``"error"``.
+
+    Returns:
+        An :class:`ImageSet` with ``images`` of shape (N, 3, H, W).
+
+    Example:
+        >>> s = load_images("photos/", resize=(224, 224))
+        >>> s.images.shape, s.names[:2]
+        (torch.Size([4, 3, 224, 224]), ('astronaut.png', 'chelsea.jpg'))
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    if on_bad not in ("skip", "error"):
+        from erf.util import unknown_name
+
+        raise unknown_name("on_bad policy", on_bad, ["skip", "error"], show_all=True)
+    if resize is not None:
+        if len(resize) != 2 or any(int(s) != s or s < 1 for s in resize):
+            raise ValueError(f"resize={resize!r}; expected (H, W) with two positive integers")
+        resize = (int(resize[0]), int(resize[1]))
+    mean_t = torch.tensor([float(m) for m in mean]).view(3, 1, 1)
+    std_t = torch.tensor([float(s) for s in std]).view(3, 1, 1)
+    if (std_t <= 0).any():
+        raise ValueError(f"std={tuple(std)!r}; expected three positive numbers")
+
+    files, names = _list_files(source)
+    arrays, kept = [], []
+    for path, name in zip(files, names):
+        try:
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
+                raise UnidentifiedImageError(f"suffix {path.suffix!r} is not one of {', '.join(IMAGE_SUFFIXES)}")
+            with Image.open(path) as im:
+                im.load()
+                if im.mode != "RGB":
+                    warnings.warn(f"{name}: converted {im.mode} image to RGB"
+                                  + (" (alpha channel dropped)" if "A" in im.mode else ""))
+                    im = im.convert("RGB")
+                if resize is not None and im.size != (resize[1], resize[0]):
+                    im = im.resize((resize[1], resize[0]), Image.BILINEAR)
+                arrays.append(np.asarray(im, dtype=np.uint8))
+                kept.append(name)
+        except (UnidentifiedImageError, OSError) as exc:
+            msg = f"{name} is not a readable PNG/JPEG image ({exc})"
+            if on_bad == "error":
+                raise ValueError(msg + "; remove it or pass on_bad='skip'") from None
+            warnings.warn(f"skipping {msg}")
+    if not arrays:
+        raise ValueError(f"no readable PNG/JPEG images in {source!s}; expected at least one")
+    sizes = {a.shape[:2] for a in arrays}
+    if len(sizes) > 1:
+        listing = ", ".join(f"{n}: {a.shape[0]}x{a.shape[1]}" for n, a in list(zip(kept, arrays))[:4])
+        raise ValueError(f"images have different sizes ({listing}, ...); expected one size, "
+                         "or pass resize=(H, W) (--resize in the CLI)")
+    pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255.0  # (N, 3, H, W)
+    images = (pixels - mean_t) / std_t  # (N, 3, H, W)
+    return ImageSet(images.contiguous(), tuple(kept),
+                    tuple(mean_t.flatten().tolist()), tuple(std_t.flatten().tolist()))

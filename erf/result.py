@@ -1,0 +1,288 @@
+"""The result of an ERF probe: maps, statistics, and everything needed to reproduce them.
+
+Canvas geometry
+---------------
+Per-unit maps are *re-centred* on the unit's theoretical-RF centre, on a
+canvas of 2H x 2W for H x W images, so every offset a neuron can see fits.
+The image pixel at the unit's TRF centre ``(cy, cx)`` (rounded to the nearest
+pixel, halves up: ``a = floor(c + 0.5)``) lands on canvas pixel ``(H, W)``;
+image pixel ``(i, j)`` lands on canvas pixel ``(i - a_y + H, j - a_x + W)``.
+Canvas pixels no image pixel reaches are 0. See :func:`recenter`.
+
+Files
+-----
+:meth:`ERFResult.save` writes ``result.npz`` (the arrays) and then
+``summary.json`` (everything else, readable by a person, with the npz's
+SHA-256), each atomically. :meth:`ERFResult.load` refuses a folder missing
+either file, one whose files do not belong together, or one of another
+format version.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field, is_dataclass
+from pathlib import Path
+
+import numpy as np
+
+from erf.stats import ERFStats, erf_stats, summarize
+from erf.util import atomic_write
+
+__all__ = ["FORMAT_VERSION", "ERFResult", "recenter", "canvas_anchor", "rf_to_dict", "build_result"]
+
+FORMAT_VERSION = 1
+_ARRAYS = ("units", "maps", "layer_map", "topk_images", "topk_locations", "topk_values")
+
+
+def canvas_anchor(center: tuple[float, float]) -> tuple[int, int]:
+    """The image pixel that lands on the canvas centre: ``floor(c + 0.5)`` per axis."""
+    return int(math.floor(center[0] + 0.5)), int(math.floor(center[1] + 0.5))
+
+
+def recenter(image_map: np.ndarray, center: tuple[float, float]) -> np.ndarray:
+    """Place a map on the image grid (..., H, W) onto the 2H x 2W canvas centred on ``center``.
+
+    Args:
+        image_map: array (..., H, W) on the image's pixel grid.
+        center: (cy, cx) of the neuron's TRF centre in input pixels (pixel centres at integers).
+
+    Returns:
+        Array (..., 2H, 2W); ``out[..., H, W] == image_map[..., a_y, a_x]`` with ``a = canvas_anchor(center)``.
+
+    Example:
+        >>> m = np.arange(6.0).reshape(2, 3)
+        >>> recenter(m, (0, 2))[..., 2, 3], recenter(m, (0, 2)).shape
+        (2.0, (4, 6))
+    """
+    H, W = image_map.shape[-2:]
+    ay, ax = canvas_anchor(center)
+    out = np.zeros(image_map.shape[:-2] + (2 * H, 2 * W), dtype=image_map.dtype)
+    # Image rows i with 0 <= i - ay + H < 2H, i.e. i in [ay - H, ay + H) intersected with [0, H).
+    i0, i1 = max(0, ay - H), min(H, ay + H)
+    j0, j1 = max(0, ax - W), min(W, ax + W)
+    if i0 < i1 and j0 < j1:
+        out[..., i0 - ay + H:i1 - ay + H, j0 - ax + W:j1 - ax + W] = image_map[..., i0:i1, j0:j1]
+    return out
+
+
+def rf_to_dict(rf) -> dict:
+    """A LayerRF (or any dataclass / mapping) as a JSON-ready dict of plain numbers and lists."""
+    d = asdict(rf) if is_dataclass(rf) else dict(rf)
+    return json.loads(json.dumps(d, default=lambda v: list(v) if isinstance(v, tuple) else float(v)))
+
+
+def _jsonify(obj):
+    """Round-trip through JSON so save/load gives back exactly what was stored (tuples become lists)."""
+    def default(v):
+        if isinstance(v, np.generic):
+            return v.item()
+        if isinstance(v, np.ndarray):
+            return v.tolist()
+        raise TypeError(f"cannot store {type(v).__name__} in summary.json")
+    return json.loads(json.dumps(obj, default=default, allow_nan=False))
+
+
+@dataclass
+class ERFResult:
+    """Empirical RF maps of one layer, their statistics, and their provenance.
+
+    Attributes:
+        method: ``"occlusion"`` (Zhou et al. 2015) or ``"gradient"`` (Luo et al. 2016).
+        mode: ``"units"`` (each channel at its strongest location, top-K images),
+            ``"neuron"`` (one fixed neuron on every image) or ``"position"``
+            (gradient from all channels at one location).
+        layer: the probed layer's name.
+        image_size: (H, W) of the probed images.
+        config: every setting that determines the maps (patch, stride, noise, seed, top_k, threshold, engine, ...).
+        model: the model's identity: ``name``, ``fingerprint`` (SHA-256 of the weights that reach the layer),
+            ``parameters``.
+        images: the image names; indices in ``topk_images`` refer to this list.
+        trf: the layer's theoretical RF (``erf.rf.LayerRF`` as a dict).
+        units: (U,) int channel indices.
+        maps: (U, 2H, 2W) float32 re-centred ERF map per unit (see the module docstring for the canvas).
+        layer_map: (2H, 2W) float32 mean of the non-empty unit maps.
+        topk_images: (U, K) int, index into ``images`` of each unit's top-K images, strongest first; -1 if unused.
+        topk_locations: (U, K, 2) int (y, x) of the unit in the layer's output on each of those images.
+        topk_values: (U, K) float activation there.
+        unit_stats: U dicts (:class:`erf.stats.ERFStats` ``.to_dict()``).
+        layer_stats: statistics of ``layer_map``.
+        summary: mean/std over units of each statistic, plus the table row (:meth:`table_row`).
+        image_maps: (N, H, W) float32 raw per-image map on the image grid (neuron and gradient modes), else None.
+        neuron: (c, y, x) of the probed neuron, or None.
+    """
+
+    method: str
+    mode: str
+    layer: str
+    image_size: tuple[int, int]
+    config: dict
+    model: dict
+    images: list[str]
+    trf: dict
+    units: np.ndarray
+    maps: np.ndarray
+    layer_map: np.ndarray
+    topk_images: np.ndarray
+    topk_locations: np.ndarray
+    topk_values: np.ndarray
+    unit_stats: list[dict]
+    layer_stats: dict
+    summary: dict
+    image_maps: np.ndarray | None = None
+    neuron: tuple[int, int, int] | None = None
+    format_version: int = field(default=FORMAT_VERSION)
+
+    @property
+    def canvas_center(self) -> tuple[int, int]:
+        """(H, W): the canvas pixel holding each unit's TRF centre."""
+        return tuple(self.image_size)
+
+    def table_row(self) -> dict:
+        """TRF side, ERF side, ERF/TRF and ERF/image of this layer (the printed table's row)."""
+        return dict(self.summary["table"])
+
+    # -- files ---------------------------------------------------------------
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write ``result.npz`` then ``summary.json`` into ``directory`` (created), each atomically.
+
+        Returns:
+            The folder.
+        """
+        directory = Path(directory)
+        arrays = {name: np.asarray(getattr(self, name)) for name in _ARRAYS}
+        if self.image_maps is not None:
+            arrays["image_maps"] = np.asarray(self.image_maps)
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **arrays)
+        payload = buf.getvalue()
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "method": self.method, "mode": self.mode, "layer": self.layer,
+            "image_size": list(self.image_size), "neuron": None if self.neuron is None else list(self.neuron),
+            "summary": self.summary, "layer_stats": self.layer_stats, "trf": self.trf,
+            "config": self.config, "model": self.model, "images": list(self.images),
+            "unit_stats": self.unit_stats,
+            "arrays": {k: list(v.shape) for k, v in arrays.items()},
+            "npz_sha256": hashlib.sha256(payload).hexdigest(),
+        }
+        text = json.dumps(_jsonify(meta), indent=1)
+        with atomic_write(directory / "result.npz") as f:
+            f.write(payload)
+        with atomic_write(directory / "summary.json", "w") as f:
+            f.write(text + "\n")
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> "ERFResult":
+        """Read a folder written by :meth:`save`, checking that it is complete and of this format.
+
+        Raises:
+            FileNotFoundError: the folder does not exist.
+            ValueError: a file is missing, the files do not belong together, or the format version differs.
+        """
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise FileNotFoundError(f"result folder {str(directory)!r} does not exist")
+        missing = [n for n in ("result.npz", "summary.json") if not (directory / n).is_file()]
+        if missing:
+            raise ValueError(f"{str(directory)!r} is not a complete ERF result folder: {' and '.join(missing)} "
+                             "missing (an interrupted probe? rerun it with --resume)")
+        try:
+            meta = json.loads((directory / "summary.json").read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{str(directory / 'summary.json')!r} is not valid JSON ({exc})") from None
+        version = meta.get("format_version") if isinstance(meta, dict) else None
+        if version != FORMAT_VERSION:
+            raise ValueError(f"{str(directory)!r} holds an ERF result of format version {version!r}; this toolkit "
+                             f"reads version {FORMAT_VERSION}: rerun the probe to regenerate it")
+        payload = (directory / "result.npz").read_bytes()
+        if hashlib.sha256(payload).hexdigest() != meta.get("npz_sha256"):
+            raise ValueError(f"{str(directory)!r}: result.npz does not match summary.json (a partial or mixed "
+                             "folder); rerun the probe")
+        with np.load(io.BytesIO(payload), allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        absent = [k for k in _ARRAYS if k not in arrays]
+        if absent:
+            raise ValueError(f"{str(directory)!r}: result.npz lacks {', '.join(absent)}; expected {', '.join(_ARRAYS)}")
+        return cls(
+            method=meta["method"], mode=meta["mode"], layer=meta["layer"], image_size=tuple(meta["image_size"]),
+            config=meta["config"], model=meta["model"], images=list(meta["images"]), trf=meta["trf"],
+            unit_stats=meta["unit_stats"], layer_stats=meta["layer_stats"], summary=meta["summary"],
+            neuron=None if meta["neuron"] is None else tuple(meta["neuron"]),
+            image_maps=arrays.get("image_maps"), **{k: arrays[k] for k in _ARRAYS},
+        )
+
+
+def build_result(
+    *,
+    method: str,
+    mode: str,
+    layer: str,
+    image_size: tuple[int, int],
+    config: dict,
+    model: dict,
+    images: list[str],
+    trf: dict,
+    units: np.ndarray,
+    maps: np.ndarray,
+    trf_areas: np.ndarray,
+    topk_images: np.ndarray,
+    topk_locations: np.ndarray,
+    topk_values: np.ndarray,
+    image_maps: np.ndarray | None = None,
+    neuron: tuple[int, int, int] | None = None,
+    threshold: float = 0.5,
+) -> ERFResult:
+    """Compute the statistics of re-centred unit maps (U, 2H, 2W) and assemble an :class:`ERFResult`.
+
+    ``trf_areas`` (U,) is each unit's TRF area clipped to the image (averaged over its
+    top-K locations). The layer map is the mean of the non-empty unit maps; units
+    whose map is all zero (never changed by any occluder) are counted in
+    ``summary["empty_units"]`` and left out of the means.
+    """
+    H, W = image_size
+    maps = np.asarray(maps, dtype=np.float32)
+    nonempty = maps.reshape(len(maps), -1).max(axis=1) > 0  # (U,)
+    layer_map = maps[nonempty].mean(axis=0) if nonempty.any() else np.zeros((2 * H, 2 * W), np.float32)
+    center = (H, W)
+    stats: list[ERFStats] = [erf_stats(m, center=center, trf_area=float(a), image_area=H * W, threshold=threshold)
+                             for m, a in zip(maps, trf_areas)]
+    layer_trf_area = float(np.mean(trf_areas[nonempty])) if nonempty.any() else float(np.mean(trf_areas))
+    layer_stat = erf_stats(layer_map, center=center, trf_area=layer_trf_area, image_area=H * W, threshold=threshold)
+    summary = summarize(stats)
+    rf = trf.get("rf", (math.nan, math.nan))
+    trf_side = math.sqrt(float(rf[0]) * float(rf[1])) if isinstance(rf, (list, tuple)) else float(rf)
+    erf_side = summary["side"]["mean"]
+    summary["empty_units"] = int((~nonempty).sum())
+    summary["table"] = {
+        "layer": layer,
+        "units": int(len(maps)),
+        "trf_side": trf_side,  # geometric mean of the per-axis TRF sizes (unclipped)
+        "erf_side": erf_side,  # mean over units of the thresholded ERF side
+        "erf_side_std": summary["side"]["std"],
+        "layer_map_side": layer_stat.side,
+        "erf_over_trf": None if erf_side is None else erf_side / trf_side,
+        "erf_over_image": summary["frac_image"]["mean"],  # ERF area / image area, mean over units
+    }
+    return ERFResult(
+        method=method, mode=mode, layer=layer, image_size=(H, W), config=_jsonify(config), model=_jsonify(model),
+        images=list(images), trf=_jsonify(trf), units=np.asarray(units, dtype=np.int64), maps=maps, layer_map=layer_map.astype(np.float32),
+        topk_images=np.asarray(topk_images, dtype=np.int64), topk_locations=np.asarray(topk_locations, np.int64),
+        topk_values=np.asarray(topk_values, dtype=np.float64), unit_stats=[s.to_dict() for s in stats],
+        layer_stats=layer_stat.to_dict(), summary=_jsonify(_finite_or_none(summary)), image_maps=image_maps,
+        neuron=None if neuron is None else tuple(int(v) for v in neuron),
+    )
+
+
+def _finite_or_none(obj):
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_none(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj

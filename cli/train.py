@@ -1,0 +1,177 @@
+"""``erf-train`` and ``erf-eval``: train ParseNet / FCN, and evaluate a checkpoint.
+
+Options are merged as: defaults < ``--preset`` < ``--config FILE.toml`` < options
+on the command line. ``--resume`` starts from the run's own saved settings, so
+``erf-train --resume --out DIR`` is enough to continue a run.
+
+Several processes: ``torchrun --nproc-per-node 2 $(which erf-train) --preset demo --out runs/ddp``
+(or ``python -m torch.distributed.run --nproc-per-node 2 -m cli.train ...``).
+"""
+from __future__ import annotations
+
+import json
+import sys
+import tomllib
+from pathlib import Path
+
+import click
+
+from cli._common import friendly_errors
+from parsenet.metrics import metrics_table
+from parsenet.presets import PRESETS, merge_options, preset
+from parsenet.trainer import TrainConfig, evaluate_checkpoint, load_run_config, train
+
+__all__ = ["train_command", "eval_command"]
+
+# command-line option -> (TrainConfig field, or ("model", ParseNetConfig field))
+_MODEL_OPTIONS = ("backbone", "width", "batch_norm", "context", "fusion", "normalize", "scale_init", "learn_scale",
+                  "context_dropout", "extra_layers", "upsample", "branch_loss")
+_TRAIN_OPTIONS = ("dataset", "train_split", "val_split", "steps", "batch_size", "accumulate", "lr", "momentum",
+                  "weight_decay", "poly_power", "head_lr_mult", "crop_size", "scale_range", "eval_every",
+                  "eval_batch_size", "seed", "workers", "device", "amp", "out", "log_every", "progress")
+
+
+def _parse_value(text: str):
+    """``KEY=VALUE`` values: TOML literals (``96``, ``0.5``, ``true``, ``"x"``), else the plain string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _crop(value: str) -> int | None:
+    if value.lower() == "none":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a positive integer or 'none'") from None
+
+
+def _read_toml(path: str) -> dict:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"config file {path!r} is not valid TOML: {exc}") from None
+
+
+@click.command("erf-train", context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.option("--preset", "preset_name", help=f"start from a named preset: {', '.join(PRESETS)}")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False),
+              help="TOML file of TrainConfig options ([model] and [dataset_options] tables)")
+@click.option("--dataset", help="dataset spec: scenes, camvid:PATH, voc:PATH, siftflow:PATH, pascal-context:PATH, folder:PATH")
+@click.option("--dataset-option", "dataset_option", multiple=True, metavar="KEY=VALUE",
+              help="dataset keyword option, repeatable (scenes: size=96, num_images=1200)")
+@click.option("--train-split", help="training split name")
+@click.option("--val-split", help="validation split name")
+@click.option("--backbone", help="vgg16-largefov or vgg16-fcn32s")
+@click.option("--width", type=float, help="channel width multiplier (1.0 paper, 0.125 compact)")
+@click.option("--batch-norm/--no-batch-norm", default=None, help="BatchNorm after every conv")
+@click.option("--context", help="global (ParseNet) or none (FCN baseline)")
+@click.option("--fusion", help="late or early fusion of the global feature")
+@click.option("--normalize/--no-normalize", default=None, help="L2-normalise fused features")
+@click.option("--scale-init", type=float, help="initial L2-norm scale (ParseNet: 10)")
+@click.option("--learn-scale/--fixed-scale", default=None, help="learn the L2-norm scale")
+@click.option("--context-dropout", type=float, help="dropout on the global feature (ParseNet: 0.3)")
+@click.option("--extra-layers", help="comma list of lower layers to fuse, e.g. conv4_3,conv5_3")
+@click.option("--upsample", help="bilinear or deconv")
+@click.option("--branch-loss/--no-branch-loss", default=None, help="a loss on each late-fusion branch too")
+@click.option("--steps", type=int, help="optimizer updates")
+@click.option("--batch-size", type=int, help="images per forward pass and process")
+@click.option("--accumulate", type=int, help="forward passes per update")
+@click.option("--lr", type=float, help="base learning rate (head: x head-lr-mult)")
+@click.option("--momentum", type=float, help="SGD momentum")
+@click.option("--weight-decay", type=float, help="SGD weight decay")
+@click.option("--poly-power", type=float, help="poly schedule exponent")
+@click.option("--head-lr-mult", type=float, help="learning-rate factor of new layers")
+@click.option("--crop-size", help="square training crop side, or 'none'")
+@click.option("--scale-range", type=float, nargs=2, default=None, help="random scale range LOW HIGH")
+@click.option("--eval-every", type=int, help="evaluate and checkpoint every N steps")
+@click.option("--eval-batch-size", type=int, help="images per forward pass in evaluation")
+@click.option("--seed", type=int, help="seed of initialisation, data order, augmentation and dropout")
+@click.option("--workers", type=int, help="DataLoader worker processes")
+@click.option("--device", help="cpu, cuda, cuda:N or auto")
+@click.option("--amp/--no-amp", default=None, help="mixed precision on CUDA (ignored on CPU)")
+@click.option("--out", help="run folder")
+@click.option("--resume", is_flag=True, help="continue the run in --out from its last.pt")
+@click.option("--log-every", type=int, help="training-loss line in log.jsonl every N steps")
+@click.option("--progress/--no-progress", default=None, help="progress bar")
+@friendly_errors
+def train_command(preset_name, config_file, dataset_option, resume, **options):
+    """Train ParseNet (or the FCN baseline with --context none) and write a run folder.
+
+    The run folder gets last.pt, best.pt, log.jsonl and summary.json.
+    """
+    explicit = {k: v for k, v in options.items() if v is not None}
+    if "crop_size" in explicit:
+        explicit["crop_size"] = _crop(explicit["crop_size"])
+    if "extra_layers" in explicit:
+        explicit["extra_layers"] = [s.strip() for s in explicit["extra_layers"].split(",") if s.strip()]
+    model = {k: explicit.pop(k) for k in _MODEL_OPTIONS if k in explicit}
+    if model:
+        explicit["model"] = model
+    if dataset_option:
+        pairs = {}
+        for item in dataset_option:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--dataset-option")
+            pairs[key.strip()] = _parse_value(value.strip())
+        explicit["dataset_options"] = pairs
+
+    layers = []
+    if resume:
+        if "out" not in explicit:
+            raise click.UsageError("--resume needs --out DIR, the run to continue")
+        layers.append(load_run_config(explicit["out"]).to_dict())
+    if preset_name:
+        layers.append(preset(preset_name))
+    if config_file:
+        layers.append(_read_toml(config_file))
+    layers.append(explicit)
+    cfg = TrainConfig.from_dict({**merge_options({}, *layers), "resume": resume})
+    summary = train(cfg)
+    best, last = summary.get("best"), summary.get("last")
+    out = Path(cfg.out)
+    if best:
+        click.echo(f"best mean IoU {_pct(best['metrics']['mean_iou'])} at step {best['step']}; "
+                   f"last {_pct(last['metrics']['mean_iou']) if last else 'n/a'}; run folder {out}")
+
+
+@click.command("erf-eval", context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.option("--dataset", help="dataset spec (default: the one the checkpoint was trained on)")
+@click.option("--dataset-option", "dataset_option", multiple=True, metavar="KEY=VALUE", help="dataset keyword option")
+@click.option("--split", default="val", help="split to evaluate")
+@click.option("--batch-size", type=int, default=8, help="images per forward pass")
+@click.option("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+@click.option("--workers", type=int, default=0, help="DataLoader worker processes")
+@click.option("--json", "as_json", is_flag=True, help="print the metrics as JSON")
+@friendly_errors
+def eval_command(checkpoint, dataset, dataset_option, split, batch_size, device, workers, as_json):
+    """Evaluate CHECKPOINT on a dataset split and print the metric table."""
+    options = None
+    if dataset_option:
+        options = {}
+        for item in dataset_option:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--dataset-option")
+            options[key.strip()] = _parse_value(value.strip())
+    metrics, classes = evaluate_checkpoint(checkpoint, dataset, split, dataset_options=options,
+                                           batch_size=batch_size, device=device, workers=workers,
+                                           progress=sys.stderr.isatty())
+    if as_json:
+        click.echo(json.dumps({"checkpoint": str(checkpoint), "split": split, "classes": list(classes),
+                               **metrics.to_dict()}, indent=2))
+    else:
+        click.echo(metrics_table({Path(checkpoint).name: metrics}, classes))
+
+
+def _pct(v) -> str:
+    return "n/a" if v is None else f"{100 * v:.1f}"
+
+
+if __name__ == "__main__":
+    train_command()

@@ -114,6 +114,20 @@ def test_same_seed_same_output_and_resume_from_saved_rng_state():
     assert any(not torch.equal(run[0][1], r[1]) for r in run[1:])  # the draws do vary
 
 
+def test_output_does_not_depend_on_thread_count_which_is_restored():
+    image, labels = _pair(40, 50)
+    t = build_transform(INFO, train=True, crop_size=32)
+    before = torch.get_num_threads()
+    outs = []
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        torch.manual_seed(0)
+        outs.append(t(image, labels))
+        assert torch.get_num_threads() == threads
+    torch.set_num_threads(before)
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+
+
 def test_denormalize_inverts_the_validation_transform():
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (5, 7, 3), dtype=np.uint8)

@@ -272,7 +272,7 @@ class VOCSegmentationData(FileListDataset):
 
 def _voc_standard_split(voc: Path, split: str) -> tuple[list[Path], list[Path]]:
     list_file = voc / "ImageSets" / "Segmentation" / f"{split}.txt"
-    _read_list(list_file, f"PASCAL VOC split {split!r}")  # clear message for a missing or empty list
+    ids = _read_list(list_file, f"PASCAL VOC split {split!r}")  # clear message for a missing or empty list
     _require_dir(voc / "SegmentationClass", "PASCAL VOC label", _VOC_LAYOUT)
     if voc.name == "VOC2012" and voc.parent.name == "VOCdevkit":
         from torchvision.datasets import VOCSegmentation
@@ -280,7 +280,6 @@ def _voc_standard_split(voc: Path, split: str) -> tuple[list[Path], list[Path]]:
         tv = VOCSegmentation(voc.parent.parent, year="2012", image_set=split, download=False)
         return [Path(p) for p in tv.images], [Path(p) for p in tv.masks]
     # Same layout without the VOCdevkit/VOC2012 names, which torchvision requires.
-    ids = _read_list(list_file, f"PASCAL VOC split {split!r}")
     return [voc / "JPEGImages" / f"{i}.jpg" for i in ids], [voc / "SegmentationClass" / f"{i}.png" for i in ids]
 
 

@@ -142,7 +142,7 @@ def _shape_mask(shape: str, dy: np.ndarray, dx: np.ndarray, r: float) -> np.ndar
 def _smooth_noise(rng: np.random.Generator, H: int, W: int, cell: int) -> np.ndarray:
     """Low-frequency texture: a coarse grid of N(0, 1) values resized bilinearly to (H, W)."""
     grid = rng.standard_normal((H // cell + 2, W // cell + 2)).astype(np.float32)
-    return np.asarray(Image.fromarray(grid, mode="F").resize((W, H), Image.BILINEAR))  # (H, W)
+    return np.asarray(Image.fromarray(grid).resize((W, H), Image.BILINEAR))  # (H, W)
 
 
 def render_scene(config: SceneConfig, rng: np.random.Generator, *,

@@ -240,6 +240,11 @@ def test_missing_root_names_path_and_layout(tmp_path):
         build_dataset(f"camvid:{tmp_path / 'nope'}", "train")
 
 
+def test_misnamed_root_suggests_the_folder_beside_it(camvid):
+    with pytest.raises(FileNotFoundError, match=f"CamVid folder .*CamVd not found \\(did you mean: {camvid}\\?\\)"):
+        CamVid(camvid.parent / "CamVd", "train")
+
+
 def test_missing_split_folder_lists_present_splits(camvid):
     with pytest.raises(FileNotFoundError, match=r"camvid/test not found \(splits present: train, val\)"):
         CamVid(camvid, "test")

@@ -35,6 +35,7 @@ Layouts accepted (``ROOT`` is the path after ``kind:``):
 """
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -124,8 +125,17 @@ def _read_mat_labels(path: Path) -> np.ndarray:
 # -- helpers shared by the readers -------------------------------------------------------
 def _require_dir(path: Path, what: str, layout: str) -> Path:
     if not path.is_dir():
-        raise FileNotFoundError(f"{what} folder {path} not found; expected {layout}")
+        raise FileNotFoundError(f"{what} folder {path} not found{_siblings(path)}; expected {layout}")
     return path
+
+
+def _siblings(path: Path) -> str:
+    """Close matches among the folders beside a missing one (a misspelt or miscased name), as full paths."""
+    if not path.parent.is_dir():
+        return ""
+    by_lower = {p.name.lower(): p for p in path.parent.iterdir() if p.is_dir()}
+    matches = difflib.get_close_matches(path.name.lower(), list(by_lower), n=3, cutoff=0.6)
+    return f" (did you mean: {', '.join(str(by_lower[m]) for m in matches)}?)" if matches else ""
 
 
 def _pair_by_stem(image_dir: Path, mask_dir: Path, *, mask_suffixes: tuple[str, ...] = (".png",),
@@ -176,7 +186,7 @@ def _find_root(root: Path, marker: str, nested: tuple[str, ...], what: str, layo
         if (c / marker).is_dir():
             return c
     if not root.exists():
-        raise FileNotFoundError(f"{what} folder {root} not found; expected {layout}")
+        raise FileNotFoundError(f"{what} folder {root} not found{_siblings(root)}; expected {layout}")
     raise FileNotFoundError(f"{what}: no {marker}/ in {' or '.join(str(c) for c in candidates)}; expected {layout}")
 
 

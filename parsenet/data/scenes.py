@@ -194,7 +194,7 @@ def render_scene(config: SceneConfig, rng: np.random.Generator, *,
     for _ in range(int(rng.integers(config.objects[0], config.objects[1] + 1))):
         for _attempt in range(20):
             r = rng.uniform(*config.object_size) * H / 2
-            cy = rng.uniform(top + r, H - r)
+            cy = rng.uniform(top + r, max(top + r, H - r))  # rounding never moves it nearer the cue
             cx = rng.uniform(r, W - r)
             if all((cy - y) ** 2 + (cx - x) ** 2 > (r + q + 2) ** 2 for y, x, q in placed):
                 break
@@ -206,7 +206,7 @@ def render_scene(config: SceneConfig, rng: np.random.Generator, *,
         image[inside] = _object_colour(rng, ground)
         labels[inside] = 2 + scene * config.num_shapes + shape
 
-    image += rng.normal(0, config.noise, size=image.shape).astype(np.float32)
+    image += config.noise * rng.standard_normal(image.shape, dtype=np.float32)  # (H, W, 3)
     return np.clip(image + 0.5, 0, 255).astype(np.uint8), labels, scene
 
 

@@ -191,3 +191,15 @@ def test_scenes_spec_with_a_path():
 def test_misspelt_scene_option_suggests_close_match():
     with pytest.raises(ValueError, match=r"'cue_distnce' \(did you mean: cue_distance\?\)"):
         build_dataset("scenes", "train", cue_distnce=0.5)
+
+
+def test_dataset_survives_pickling_for_spawned_workers():
+    import pickle
+
+    ds = build_dataset("scenes", "train", num_images=3, size=48, cue_distance=0.4, object_size=(0.15, 0.3))
+    copy = pickle.loads(pickle.dumps(ds))
+    torch.manual_seed(0)
+    x, y = ds[2]
+    torch.manual_seed(0)
+    x2, y2 = copy[2]
+    assert torch.equal(x, x2) and torch.equal(y, y2)

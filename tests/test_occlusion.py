@@ -319,3 +319,10 @@ def test_images_wrong_shape(small_setup):
 def test_duplicate_names(small_setup):
     with pytest.raises(ValueError, match="image name 'a' appears more than once"):
         _probe(small_setup, names=["a", "b", "a", "c", "d"])
+
+
+def test_incremental_engine_gives_the_full_engine_maps(small_setup):
+    full = _probe(small_setup, engine="full")
+    inc = _probe(small_setup, engine="incremental")
+    np.testing.assert_allclose(inc.maps, full.maps, rtol=1e-4, atol=1e-5)
+    assert inc.config["engine_used"] == "incremental" and full.config["engine_used"] == "full"

@@ -71,6 +71,8 @@ class ParseNetConfig:
             raise ValueError(f"width multiplier must be > 0, got {self.width}")
         if self.num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
+        if self.branch_loss and self.fusion != "late":
+            raise ValueError(f"branch_loss needs fusion='late' (one classifier per feature), got fusion={self.fusion!r}")
         if not 0 <= self.context_dropout < 1:
             raise ValueError(f"context_dropout must be in [0, 1), got {self.context_dropout}")
 

@@ -67,7 +67,8 @@ def fig_methods(
         threshold: contour at this fraction of each map's maximum; None for none.
         names: panel names of the two methods.
         title: figure title; by default none.
-        width: figure width in inches (7 = a page width).
+        width: figure width in inches (7 = a page width); below 5 in the
+            profile goes under the maps, one statistic per title line.
 
     Returns:
         A Figure with 3 axes (two maps, one profile plot) and a colour bar.
@@ -95,15 +96,27 @@ def fig_methods(
             raise TypeError(f"{label} is a {type(stats).__name__}; expected a dict of statistic name -> value")
     width = check_width(width)
 
-    titles = [fmt_stats(stats_occ), fmt_stats(stats_grad)]
+    narrow = width < 5.0  # one column: the profile goes under the maps instead of beside them
+    titles = [fmt_stats(stats_occ, per_line=1 if narrow else 2), fmt_stats(stats_grad, per_line=1 if narrow else 2)]
     n_lines = 1 + max(t.count("\n") + 1 if t else 0 for t in titles)
-    map_w = (width - 0.9) / 3.15  # in: tick-label margins, then the profile slightly wider
     aspect = max(occ.shape[0] / occ.shape[1], grad.shape[0] / grad.shape[1])
     bar_h = 0.08
+    extra = 0.14 * n_lines + 0.9 + (0.2 if title else 0)  # in: titles, tick labels, colour-bar label
     # Constrained layout adds the title, tick and label margins around these cells.
-    fig = new_figure(width, map_w * aspect + bar_h + 0.14 * n_lines + 0.9 + (0.2 if title else 0))
-    grid = fig.add_gridspec(2, 3, width_ratios=[1, 1, 1.15], height_ratios=[map_w * aspect, bar_h])
-    ax_occ, ax_grad, ax_prof = (fig.add_subplot(grid[0, i]) for i in range(3))
+    if narrow:
+        map_w = (width - 0.7) / 2
+        prof_h = 0.55 * map_w * 2
+        fig = new_figure(width, map_w * aspect + bar_h + prof_h + extra + 0.55)
+        grid = fig.add_gridspec(3, 2, height_ratios=[map_w * aspect, bar_h, prof_h])
+        ax_occ, ax_grad = fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[0, 1])
+        ax_prof, bar_cell = fig.add_subplot(grid[2, :]), grid[1, :]
+    else:
+        map_w = (width - 0.9) / 3.15  # in: tick-label margins, then the profile slightly wider
+        fig = new_figure(width, map_w * aspect + bar_h + extra)
+        grid = fig.add_gridspec(2, 3, width_ratios=[1, 1, 1.15], height_ratios=[map_w * aspect, bar_h])
+        ax_occ, ax_grad, ax_prof = (fig.add_subplot(grid[0, i]) for i in range(3))
+        ax_prof.set_box_aspect(aspect)
+        bar_cell = grid[1, 0:2]
     im = None
     for ax, m, name, text, color in zip((ax_occ, ax_grad), (occ, grad), names, titles, METHOD_COLORS):
         H, W = m.shape
@@ -132,17 +145,17 @@ def fig_methods(
         ax_prof.plot(np.arange(W) - peak_x, scaled[peak_y], color=color, label=name, linewidth=1.0)
     ax_occ.set_ylabel("y (px)")
     # The colour bar in its own row, so both maps keep the same size.
-    cb = fig.colorbar(im, cax=fig.add_subplot(grid[1, 0:2]), orientation="horizontal")
+    cb = fig.colorbar(im, cax=fig.add_subplot(bar_cell), orientation="horizontal")
     cb.set_label("fraction of the map's own maximum")
     if threshold is not None:
         ax_prof.axhline(threshold, color="0.5", linestyle=":", linewidth=0.8, label=f"threshold {threshold:g}")
     ax_prof.set_xlabel("x offset from peak (px)")
     ax_prof.set_ylabel("fraction of max")
     ax_prof.set_ylim(0, 1.05)
+    ax_prof.set_yticks([0, 0.25, 0.5, 0.75, 1.0])  # fixed labels: constrained layout sizes the margin right on the first draw
     ax_prof.set_title("row through each peak")
     ax_prof.grid(linewidth=0.4, alpha=0.5)
     ax_prof.legend(loc="upper left", frameon=False)  # the profiles peak at 0: corners hold only tails
-    ax_prof.set_box_aspect(aspect)
     if title:
         fig.suptitle(title)
     return fig

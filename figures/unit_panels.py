@@ -80,6 +80,7 @@ def fig_unit_panels(
     *,
     threshold: float = 0.5,
     width: float = PAGE_WIDTH,
+    panels_per_row: int | None = None,
 ) -> Figure:
     """Four panels per unit: (a) image, (b) activation, (c) TRF box, (d) ERF map with its threshold contour.
 
@@ -94,7 +95,9 @@ def fig_unit_panels(
         rows: one :class:`UnitPanel` per row, at least one.
         threshold: contour level and size threshold as a fraction of each
             ERF map's maximum, in (0, 1); 0.5 by default.
-        width: figure width in inches (7 = a full page width).
+        width: figure width in inches (7 = a full page width, 3.5 = a column).
+        panels_per_row: 4 puts a unit's panels in one row, 2 in a 2 x 2 block;
+            by default 4 from 5 in wide and 2 below, so every title fits.
 
     Returns:
         A Figure with ``4 * len(rows)`` image axes and 2 colour bars.
@@ -115,16 +118,23 @@ def fig_unit_panels(
     threshold = check_fraction(threshold, "threshold")
     width = check_width(width)
 
-    n = len(rows)
-    # Size rows to their content so fixed-aspect panels fill their cells: an image
-    # side per column, two title lines above, and a colour-bar row at the bottom.
-    panel_side = (width - 0.35) / 4 - 0.08  # in: ylabel margin, then padding between panels
-    row_heights = [panel_side * _view_aspect(row) for row in rows]
+    if panels_per_row is None:
+        panels_per_row = 4 if width >= 5.0 else 2
+    if panels_per_row not in (2, 4):
+        raise ValueError(f"panels_per_row is {panels_per_row!r}; expected 4 (one row per unit) or 2 (a 2 x 2 block)")
+
+    n, cols = len(rows), panels_per_row
+    lines = 4 // cols  # grid rows per unit
+    # Size grid rows to their content so fixed-aspect panels fill their cells: an
+    # image side per column, two title lines above, and a colour-bar row at the bottom.
+    panel_side = (width - 0.35) / cols - 0.08  # in: ylabel margin, then padding between panels
+    row_heights = [panel_side * _view_aspect(row) for row in rows for _ in range(lines)]
     bar_height = 0.08
     # Constrained layout adds the title, tick and label margins around these cells.
-    fig = new_figure(width, sum(row_heights) + 0.34 * n + bar_height + 0.5)
-    grid = fig.add_gridspec(n + 1, 4, height_ratios=[*row_heights, bar_height])
-    axes = np.array([[fig.add_subplot(grid[r, c]) for c in range(4)] for r in range(n)])
+    fig = new_figure(width, sum(row_heights) + 0.34 * len(row_heights) + bar_height + 0.62)
+    grid = fig.add_gridspec(len(row_heights) + 1, cols, height_ratios=[*row_heights, bar_height])
+    # Panel k of unit r sits at grid row r * lines + k // cols, column k % cols.
+    axes = np.array([[fig.add_subplot(grid[r * lines + k // cols, k % cols]) for k in range(4)] for r in range(n)])
     act_im = erf_im = None
     for r, row in enumerate(rows):
         ax_img, ax_act, ax_trf, ax_erf = axes[r]
@@ -174,10 +184,11 @@ def fig_unit_panels(
             ax.set_yticks([])
 
     # Colour bars in their own row, so every image column keeps the same width.
-    cb = fig.colorbar(act_im, cax=fig.add_subplot(grid[n, 1]), orientation="horizontal")
+    act_col, erf_col = (1, 3) if cols == 4 else (0, 1)  # under panels (b) and (d), or side by side
+    cb = fig.colorbar(act_im, cax=fig.add_subplot(grid[-1, act_col]), orientation="horizontal")
     cb.set_label("activation\n(min-max scaled)")
-    cb = fig.colorbar(erf_im, cax=fig.add_subplot(grid[n, 3]), orientation="horizontal")
-    cb.set_label(f"discrepancy (fraction of max)\ncontour at {threshold:g}")
+    cb = fig.colorbar(erf_im, cax=fig.add_subplot(grid[-1, erf_col]), orientation="horizontal")
+    cb.set_label(f"discrepancy\n(fraction of max)\ncontour at {threshold:g}")
     return fig
 
 
@@ -213,4 +224,4 @@ def _draw_trf(ax, image: np.ndarray, box: tuple[float, float, float, float], ext
     ax.set_ylim(hi_y + pad, lo_y - pad)
     side_h, side_w = bottom - top, right - left
     size = f"{side_h:.0f} px" if side_h == side_w else f"{side_h:.0f}x{side_w:.0f} px"
-    ax.set_title(f"(c) TRF {size}" + ("\ndashed: beyond image" if leaves else "\ninside image"))
+    ax.set_title(f"(c) TRF {size}" + ("\ndashed: full extent" if leaves else "\ninside image"))

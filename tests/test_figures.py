@@ -126,11 +126,27 @@ def test_unit_panels_layout_and_numbers():
     titles = [ax.get_title() for ax in panels]
     # 8x8 square on a 32x32 image: side 8 px, 64 / 1024 = 6.25% of the image.
     assert titles[3] == "(d) ERF 8 px\n6.2% of image"
-    assert titles[2] == "(c) TRF 52 px\ndashed: beyond image"
+    assert titles[2] == "(c) TRF 52 px\ndashed: full extent"
     assert titles[6] == "(c) TRF 16 px\ninside image"
     assert panels[0].get_ylabel() == "fc7 #3"
     labels = _colorbar_labels(fig)
     assert len(labels) == 2 and "activation" in labels[0] and "discrepancy" in labels[1]
+
+
+def test_unit_panels_narrow_width_uses_two_by_two_blocks():
+    fig = fig_unit_panels([_row(), _row()], width=3.5)
+    panels = [ax for ax in fig.axes if getattr(ax, "_colorbar", None) is None]
+    assert len(panels) == 8
+    rows = [ax.get_subplotspec().rowspan.start for ax in panels]
+    cols = [ax.get_subplotspec().colspan.start for ax in panels]
+    assert rows == [0, 0, 1, 1, 2, 2, 3, 3] and cols == [0, 1] * 4
+    wide = [ax.get_subplotspec().rowspan.start for ax in fig_unit_panels([_row()], width=3.5, panels_per_row=4).axes[:4]]
+    assert wide == [0, 0, 0, 0]
+
+
+def test_unit_panels_rejects_bad_panels_per_row():
+    with pytest.raises(ValueError, match="panels_per_row is 3; expected 4"):
+        fig_unit_panels([_row()], panels_per_row=3)
 
 
 def test_unit_panels_trf_outside_image_is_dashed_and_in_view():
@@ -545,21 +561,23 @@ def test_training_curves_rejects_bad_smoothing():
 # ---------------------------------------------------------------- every figure: saving and readability
 
 
-def _all_figures() -> dict[str, Figure]:
+def _all_figures(width: float | None = None) -> dict[str, Figure]:
+    """Every figure on small synthetic data, at its default width or at ``width`` inches."""
     rng = np.random.default_rng(1)
     images, gts, preds = _seg_inputs()
+    w = {} if width is None else {"width": width}
     return {
-        "unit_panels": fig_unit_panels([_row(erf_map=_blob()), _row(theoretical_rf=(4, 4, 20, 20))]),
+        "unit_panels": fig_unit_panels([_row(erf_map=_blob()), _row(theoretical_rf=(4, 4, 20, 20))], **w),
         "trf_vs_erf": fig_trf_vs_erf(["conv3_3", "conv4_3", "conv5_3", "fc7"], [40, 92, 196, 404],
-                                     [rng.normal(m, 5, 20) for m in (30, 50, 70, 100)], image_size=224),
+                                     [rng.normal(m, 5, 20) for m in (30, 50, 70, 100)], image_size=224, **w),
         "context": fig_context_comparison({"FCN": _blob(sigma=3), "ParseNet": _blob(sigma=7)},
-                                          {"FCN": 7.1, "ParseNet": 16.5}, trf_box=(0, 0, 32, 32), threshold=0.5),
+                                          {"FCN": 7.1, "ParseNet": 16.5}, trf_box=(0, 0, 32, 32), threshold=0.5, **w),
         "feature_scale": fig_feature_scale({"conv4_3": rng.lognormal(6, 1, 50), "fc7": rng.lognormal(1, 1, 50)},
-                                           {"conv4_3": np.full(50, 10.0), "fc7": np.full(50, 10.0)}),
-        "segmentation": fig_segmentation(images, gts, preds, ["sky", "road", "car"]),
-        "methods": fig_methods(_blob(sigma=5), _blob(sigma=3), {"side (px)": 11.9}, {"side (px)": 7.1},
-                               title="conv5_3"),
-        "curves": fig_training_curves({"FCN": _run(0.5), "ParseNet": _run(0.6)}, title="runs"),
+                                           {"conv4_3": np.full(50, 10.0), "fc7": np.full(50, 10.0)}, **w),
+        "segmentation": fig_segmentation(images, gts, preds, ["sky", "road", "car"], **w),
+        "methods": fig_methods(_blob(sigma=5), _blob(sigma=3), {"side (px)": 11.9, "sigma (px)": 5.02},
+                               {"side (px)": 7.1, "sigma (px)": 3.01}, title="conv5_3", **w),
+        "curves": fig_training_curves({"FCN": _run(0.5), "ParseNet": _run(0.6)}, title="runs", **w),
     }
 
 
@@ -577,21 +595,43 @@ def test_every_figure_saves_to_memory(all_figures, fmt, magic):
         assert magic in data[:400], f"{name} as {fmt}"
 
 
-def test_every_figure_is_readable_in_print():
-    for name, fig in _all_figures().items():  # fresh figures: laid out for Agg only
-        assert fig.get_size_inches()[0] in (3.5, 7.0), name
+def _labels(fig: Figure) -> list[Text]:
+    """The texts a reader must be able to read apart: titles, axis labels, legend entries, figure titles."""
+    out = [t for t in (fig._suptitle, fig._supxlabel) if t is not None]
+    for ax in fig.axes:
+        out += [ax.title, ax.xaxis.label, ax.yaxis.label]
+        if ax.get_legend() is not None:
+            out += list(ax.get_legend().get_texts())
+    for legend in fig.legends:
+        out += list(legend.get_texts())
+    return [t for t in out if t.get_visible() and t.get_text().strip()]
+
+
+@pytest.mark.parametrize("width", [3.5, 7.0], ids=["column", "page"])
+def test_every_figure_is_readable_in_print(width):
+    for name, fig in _all_figures(width).items():  # fresh figures: laid out for Agg only
+        assert fig.get_size_inches()[0] == width, name
         fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
         for text in fig.findobj(Text):
             if text.get_visible() and text.get_text().strip():
                 assert text.get_fontsize() >= 7, f"{name}: {text.get_text()!r} at {text.get_fontsize()} pt"
         # Everything drawn (titles, labels, legends, colour bars) lies inside the figure:
         # nothing is clipped when the caller saves without bbox_inches="tight".
-        drawn = fig.get_tightbbox(fig.canvas.get_renderer())  # inches
+        drawn = fig.get_tightbbox(renderer)  # inches
         w, h = fig.get_size_inches()
         slack = 0.005  # in: one pixel at 200 dpi
         assert drawn.x0 >= -slack and drawn.y0 >= -slack and drawn.x1 <= w + slack and drawn.y1 <= h + slack, (
-            f"{name}: drawn extent {drawn.bounds} leaves the {w}x{h} in figure"
+            f"{name} at width {w}: drawn extent {drawn.bounds} leaves the {w}x{h} in figure"
         )
+        # No two titles or labels overlap.
+        texts = _labels(fig)
+        boxes = [t.get_window_extent(renderer) for t in texts]
+        for i in range(len(texts)):
+            for j in range(i + 1, len(texts)):
+                assert not boxes[i].overlaps(boxes[j]), (
+                    f"{name} at width {w}: {texts[i].get_text()!r} overlaps {texts[j].get_text()!r}"
+                )
 
 
 def test_figures_do_not_touch_pyplot_state():

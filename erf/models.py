@@ -1,0 +1,230 @@
+"""Resolve a MODEL spec (what ``erf-rf`` and ``erf-probe`` take) to an eval-mode model.
+
+A spec is one of:
+
+* a torchvision classification model name (``"vgg16"``, ``"resnet50"``), randomly
+  initialised (seeded, so deterministic) or with weights: a torchvision weights name
+  (``"IMAGENET1K_V1"``, ``"DEFAULT"``, ``"VGG16_Weights.IMAGENET1K_V1"``, loaded through
+  torchvision's weights API, which downloads once into ``$TORCH_HOME/hub/checkpoints``)
+  or a local state-dict file;
+* ``"module.path:function"``: ``function()`` is called and must return an ``nn.Module``;
+* the path of one of our training checkpoints (``runs/x/best.pt``).
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from erf.util import did_you_mean, unknown_name
+
+__all__ = ["LoadedModel", "load_model", "IMAGENET_MEAN", "IMAGENET_STD"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_SEED = 0  # random init of torchvision models without weights
+_BUILDER = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model ready to probe, with the input normalisation it expects.
+
+    Attributes:
+        model: the model, in eval mode.
+        name: the spec it came from (``"vgg16"``, ``"parsenet:runs/x/best.pt"``, ``"mypkg.nets:build"``).
+        mean, std: per-channel input normalisation (ImageNet's for torchvision models).
+        input_size: natural (H, W) input size if known (224 for most torchvision classifiers).
+        meta: anything else: weights name and categories, checkpoint classes and config, ...
+    """
+
+    model: nn.Module
+    name: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    input_size: tuple[int, int] | None
+    meta: dict = field(default_factory=dict)
+
+
+def load_model(spec: str, *, weights: str | None = None) -> LoadedModel:
+    """Resolve ``spec`` to a model in eval mode (see the module docstring for the forms).
+
+    Args:
+        spec: torchvision model name, ``"module.path:function"``, or a checkpoint path.
+        weights: for torchvision names and builders: None (random init, seeded), a
+            torchvision weights name, or a local state-dict file.
+
+    Returns:
+        A :class:`LoadedModel`.
+
+    Raises:
+        ValueError: unknown model or weights name (with close matches), a state dict
+            that does not fit (first mismatched keys and shapes), a file that is not one
+            of our checkpoints (what it looks like), a builder that cannot be imported.
+
+    Example:
+        >>> lm = load_model("resnet18")
+        >>> lm.input_size, lm.mean, lm.model.training
+        ((224, 224), (0.485, 0.456, 0.406), False)
+    """
+    if not isinstance(spec, str) or not spec:
+        raise ValueError(f"model spec must be a non-empty string, got {spec!r}")
+    path = Path(spec)
+    if path.is_file():
+        if weights is not None:
+            raise ValueError(f"--weights does not apply to checkpoint {spec!r}: it holds its own weights")
+        return _from_checkpoint(path)
+    if _BUILDER.match(spec):
+        return _from_builder(spec, weights)
+    if os.sep in spec or spec.endswith((".pt", ".pth")):
+        raise FileNotFoundError(f"checkpoint {spec!r} does not exist")
+    return _from_torchvision(spec, weights)
+
+
+# --------------------------------------------------------------------------- torchvision
+
+
+def _torchvision_names() -> list[str]:
+    import torchvision
+
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def _from_torchvision(name: str, weights: str | None) -> LoadedModel:
+    import torchvision
+    from torchvision.models import get_model, get_model_weights
+
+    names = _torchvision_names()
+    if name not in names:
+        raise ValueError(f"unknown model {name!r}{did_you_mean(name, names)}; expected a torchvision classification "
+                         f"model name (e.g. vgg16, resnet50), 'module.path:function', or a checkpoint file")
+    enum = get_model_weights(name)
+    default = getattr(enum, "DEFAULT", None)
+    meta: dict[str, Any] = {"source": "torchvision"}
+    mean, std, size = IMAGENET_MEAN, IMAGENET_STD, _crop_size(default) or 224
+    if weights is None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(_SEED)
+            model = get_model(name, weights=None)
+        meta["weights"] = None
+    elif Path(weights).is_file():
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(_SEED)
+            model = get_model(name, weights=None)
+        _load_state_dict(model, Path(weights), name)
+        meta["weights"] = str(weights)
+    else:
+        w = _weights_enum(name, enum, weights)
+        try:
+            model = get_model(name, weights=w)
+        except OSError as exc:  # URLError and friends: no network, no cached file
+            cache = Path(torch.hub.get_dir()) / "checkpoints" / w.url.rsplit("/", 1)[-1]
+            raise OSError(f"cannot fetch {w} from {w.url} ({exc}); put the file at {cache} "
+                          f"or pass a local state-dict path as weights") from None
+        meta.update(weights=str(w), categories=list(w.meta.get("categories", [])))
+        t = w.transforms()
+        mean, std = tuple(t.mean), tuple(t.std)
+        size = _crop_size(w) or size
+    return LoadedModel(model.eval(), name, tuple(mean), tuple(std), (size, size), meta)
+
+
+def _crop_size(w: Any) -> int | None:
+    try:
+        crop = w.transforms().crop_size
+    except Exception:  # models without weights, or transforms without a crop
+        return None
+    return int(crop[0] if isinstance(crop, (list, tuple)) else crop)
+
+
+def _weights_enum(name: str, enum: Any, weights: str) -> Any:
+    """``IMAGENET1K_V1``, ``DEFAULT`` or ``VGG16_Weights.IMAGENET1K_V1`` -> the enum member."""
+    choices = ["DEFAULT"] + [m.name for m in enum]
+    short = weights
+    if "." in weights:
+        cls, short = weights.split(".", 1)
+        if cls != enum.__name__:
+            raise ValueError(f"weights {weights!r} are not for {name}; expected {enum.__name__}.<name> "
+                             f"with one of: {', '.join(choices)}")
+    if short == "DEFAULT":
+        return enum.DEFAULT
+    if short not in enum.__members__:
+        raise ValueError(f"unknown weights {weights!r} for {name}{did_you_mean(short, choices)}; expected a local "
+                         f"state-dict file or one of: {', '.join(choices)}")
+    return enum[short]
+
+
+def _load_state_dict(model: nn.Module, path: Path, name: str) -> None:
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"cannot read weights file {str(path)!r} ({type(exc).__name__}); expected a state dict "
+                         f"saved with torch.save(model.state_dict(), path)") from None
+    if isinstance(sd, dict) and not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        for key in ("state_dict", "model"):  # common wrappers
+            if isinstance(sd.get(key), dict):
+                sd = sd[key]
+                break
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise ValueError(f"weights file {str(path)!r} holds a {type(sd).__name__}, not a state dict of tensors")
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    shapes = [f"{k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own if k in sd and sd[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        parts = []
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)):
+            if items:
+                more = f" (+{len(items) - 5} more)" if len(items) > 5 else ""
+                parts.append(f"{label} {len(items)}: {', '.join(items[:5])}{more}")
+        raise ValueError(f"weights file {str(path)!r} does not fit {name}: {'; '.join(parts)}")
+    model.load_state_dict(sd)
+
+
+# --------------------------------------------------------------------------- builders and checkpoints
+
+
+def _from_builder(spec: str, weights: str | None) -> LoadedModel:
+    module_name, fn_name = spec.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"cannot import {module_name!r} for model {spec!r}: {exc}") from None
+    fn = getattr(module, fn_name, None)
+    if not callable(fn):
+        public = [n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n))]
+        raise unknown_name(f"function in {module_name}", fn_name, public)
+    model = fn()
+    if isinstance(model, LoadedModel):
+        lm = model
+    elif isinstance(model, nn.Module):
+        lm = LoadedModel(model, spec, IMAGENET_MEAN, IMAGENET_STD, None, {"source": "builder", "normalization": "assumed ImageNet"})
+    else:
+        raise TypeError(f"{spec}() returned a {type(model).__name__}; expected an nn.Module")
+    if weights is not None:
+        if not Path(weights).is_file():
+            raise FileNotFoundError(f"weights file {weights!r} does not exist (builders take a local state-dict file)")
+        _load_state_dict(lm.model, Path(weights), spec)
+        lm = LoadedModel(lm.model, lm.name, lm.mean, lm.std, lm.input_size, {**lm.meta, "weights": str(weights)})
+    lm.model.eval()
+    return lm
+
+
+def _from_checkpoint(path: Path) -> LoadedModel:
+    try:
+        from parsenet.checkpoint import load_model_from_checkpoint
+    except ImportError as exc:
+        raise ValueError(f"{str(path)!r} looks like a checkpoint, but checkpoint support (parsenet.checkpoint) "
+                         f"cannot be imported: {exc}") from None
+    model, info = load_model_from_checkpoint(path)  # raises ValueError saying what a foreign file looks like
+    mean = tuple(info.get("mean") or IMAGENET_MEAN)
+    std = tuple(info.get("std") or IMAGENET_STD)
+    size = info.get("input_size")
+    size = (int(size), int(size)) if isinstance(size, int) else (tuple(size) if size else None)
+    return LoadedModel(model.eval(), f"parsenet:{path}", mean, std, size, dict(info))

@@ -36,11 +36,12 @@ def fig_training_curves(
             the raw loss is drawn faintly underneath. 0 draws the raw loss only.
         log_loss: log scale for the loss axis.
         title: figure title; by default none.
-        width: figure width in inches (7 = a page width).
+        width: figure width in inches (7 = a page width); below 5 in the
+            mIoU panel goes under the loss panel.
 
     Returns:
-        A Figure with 2 axes, each with a legend naming every run; the mIoU
-        legend gives each run's best mIoU.
+        A Figure with 2 axes and one figure legend naming every run with its
+        best mIoU.
 
     Example:
         >>> run = {"step": [0, 1, 2], "loss": [2.0, 1.5, 1.2], "eval_step": [2], "miou": [0.31]}
@@ -54,19 +55,26 @@ def fig_training_curves(
     width = check_width(width)
     parsed = {str(name): _parse_run(str(name), run) for name, run in runs.items()}
 
-    fig = new_figure(width, 0.4 * width + 0.35 + (0.2 if title else 0))
-    ax_loss, ax_iou = fig.subplots(1, 2)
+    narrow = width < 5.0  # one column: loss above mIoU instead of beside it
+    legend_cols = 1 if narrow else min(len(parsed), 3)
+    legend_h = 0.17 * -(-len(parsed) // legend_cols) + 0.1
+    panel_h = 0.5 * width if narrow else 0.33 * width
+    fig = new_figure(width, (2 if narrow else 1) * (panel_h + 0.45) + legend_h + (0.2 if title else 0))
+    ax_loss, ax_iou = fig.subplots(2, 1) if narrow else fig.subplots(1, 2)
     colors = [f"C{i % 10}" for i in range(len(parsed))]
+    handles, labels = [], []
     for color, (name, (step, loss, eval_step, miou)) in zip(colors, parsed.items()):
         if smoothing > 0 and loss.size > 1:
             ax_loss.plot(step, loss, color=color, alpha=0.25, linewidth=0.7)
-            ax_loss.plot(step, _ema(loss, smoothing), color=color, label=name)
+            (line,) = ax_loss.plot(step, _ema(loss, smoothing), color=color)
         else:
-            ax_loss.plot(step, loss, color=color, label=name)
+            (line,) = ax_loss.plot(step, loss, color=color)
         finite = miou[np.isfinite(miou)]
-        best = f"best {100 * finite.max():.1f}%" if finite.size else "no evaluation"
+        best = f"best mIoU {100 * finite.max():.1f}%" if finite.size else "no evaluation"
         marker = "o" if miou.size <= 30 else None
-        ax_iou.plot(eval_step, 100 * miou, color=color, marker=marker, label=f"{name} ({best})")
+        ax_iou.plot(eval_step, 100 * miou, color=color, marker=marker)
+        handles.append(line)
+        labels.append(f"{name} ({best})")
     if log_loss:
         ax_loss.set_yscale("log")
     ax_loss.set_xlabel("step")
@@ -77,7 +85,8 @@ def fig_training_curves(
     ax_iou.set_title("validation mean IoU")
     for ax in (ax_loss, ax_iou):
         ax.grid(linewidth=0.4, alpha=0.5)
-        ax.legend(loc="best", frameon=False)
+    # One legend for both panels, under them: run names can be long, the panels stay uncluttered.
+    fig.legend(handles, labels, loc="outside lower center", ncols=legend_cols, frameon=False)
     if title:
         fig.suptitle(title)
     return fig

@@ -504,8 +504,7 @@ def _run(best: float = 0.62) -> dict:
 def test_training_curves_legends_and_best_miou():
     fig = fig_training_curves({"FCN": _run(0.55), "ParseNet": _run(0.62)})
     ax_loss, ax_iou = fig.axes
-    assert _legend_texts(ax_loss.get_legend()) == ["FCN", "ParseNet"]
-    assert _legend_texts(ax_iou.get_legend()) == ["FCN (best 55.0%)", "ParseNet (best 62.0%)"]
+    assert _legend_texts(fig.legends[0]) == ["FCN (best mIoU 55.0%)", "ParseNet (best mIoU 62.0%)"]
     assert ax_iou.get_ylabel() == "mean IoU (%)"
     np.testing.assert_allclose(ax_iou.lines[1].get_ydata(), [40.0, 62.0])
 
@@ -514,7 +513,7 @@ def test_training_curves_nan_and_run_without_eval():
     run = _run()
     run["miou"] = [float("nan"), float("nan")]
     fig = fig_training_curves({"a": run, "b": {"step": [0], "loss": [1.0]}}, smoothing=0, log_loss=True)
-    assert _legend_texts(fig.axes[1].get_legend()) == ["a (no evaluation)", "b (no evaluation)"]
+    assert _legend_texts(fig.legends[0]) == ["a (no evaluation)", "b (no evaluation)"]
     assert fig.axes[0].get_yscale() == "log"
 
 
@@ -577,7 +576,8 @@ def _all_figures(width: float | None = None) -> dict[str, Figure]:
         "segmentation": fig_segmentation(images, gts, preds, ["sky", "road", "car"], **w),
         "methods": fig_methods(_blob(sigma=5), _blob(sigma=3), {"side (px)": 11.9, "sigma (px)": 5.02},
                                {"side (px)": 7.1, "sigma (px)": 3.01}, title="conv5_3", **w),
-        "curves": fig_training_curves({"FCN": _run(0.5), "ParseNet": _run(0.6)}, title="runs", **w),
+        "curves": fig_training_curves({"FCN": _run(0.5), "ParseNet (global context, L2 norm)": _run(0.6)},
+                                      title="runs", **w),
     }
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "IMAGE_SUFFIXES", "ImageSet", "load_images"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "IMAGE_SUFFIXES", "ImageSet", "load_images", "images_from_dataset"]
 
 # torchvision's ImageNet statistics (the normalisation of its pretrained classifiers).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -143,3 +143,48 @@ def load_images(
     images = (pixels - mean_t) / std_t  # (N, 3, H, W)
     return ImageSet(images.contiguous(), tuple(kept),
                     tuple(mean_t.flatten().tolist()), tuple(std_t.flatten().tolist()))
+
+
+def images_from_dataset(dataset, *, limit: int | None = None, resize: tuple[int, int] | None = None,
+                        prefix: str = "item", mean: Sequence[float] = IMAGENET_MEAN,
+                        std: Sequence[float] = IMAGENET_STD) -> ImageSet:
+    """The first ``limit`` images of a dataset whose items are ``(image (3, H, W), ...)``, already normalised.
+
+    Args:
+        dataset: e.g. ``parsenet.data.build_dataset("scenes", "val")``; labels are ignored.
+        limit: how many images (default all).
+        resize: (H, W) to resize to (bilinear on the normalised values); images of different sizes
+            are refused without it.
+        prefix: names are ``f"{prefix}_{index:05d}"``.
+        mean, std: recorded as the normalisation the dataset applied (default ImageNet's).
+
+    Returns:
+        An :class:`ImageSet`.
+
+    Example:
+        >>> images_from_dataset(build_dataset("scenes", "val", size=64), limit=4).images.shape
+        torch.Size([4, 3, 64, 64])
+    """
+    n = len(dataset)
+    if limit is not None and (not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit={limit!r}; expected a positive number of images")
+    count = n if limit is None else min(limit, n)
+    if count == 0:
+        raise ValueError("the dataset is empty; expected at least one image")
+    images = []
+    for i in range(count):
+        item = dataset[i]
+        image = item[0] if isinstance(item, (tuple, list)) else item
+        if not isinstance(image, torch.Tensor) or image.dim() != 3 or image.shape[0] != 3:
+            raise ValueError(f"dataset item {i} holds {type(image).__name__} "
+                             f"{tuple(getattr(image, 'shape', ()))}; expected an image tensor (3, H, W)")
+        if resize is not None and tuple(image.shape[-2:]) != tuple(resize):
+            image = torch.nn.functional.interpolate(image[None].float(), size=tuple(resize), mode="bilinear",
+                                                    align_corners=False)[0]
+        images.append(image.float())
+    sizes = {tuple(t.shape[-2:]) for t in images}
+    if len(sizes) > 1:
+        raise ValueError(f"dataset images have different sizes ({', '.join(f'{h}x{w}' for h, w in sorted(sizes)[:4])}"
+                         "); expected one size, or pass resize=(H, W)")
+    names = tuple(f"{prefix}_{i:05d}" for i in range(count))
+    return ImageSet(torch.stack(images), names, tuple(float(m) for m in mean), tuple(float(v) for v in std))

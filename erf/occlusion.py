@@ -44,6 +44,7 @@ __all__ = [
     "occluder_centers",
     "make_patches",
     "FullReinference",
+    "select_units",
     "probe_occlusion",
 ]
 
@@ -372,7 +373,7 @@ def probe_occlusion(
     noise: str = "uniform",
     seed: int = 0,
     top_k: int = 10,
-    units: Sequence[int] | None = None,
+    units: Sequence[int] | str | None = None,
     neuron: tuple | None = None,
     threshold: float = 0.5,
     batch_size: int = 32,
@@ -397,7 +398,8 @@ def probe_occlusion(
         noise: ``"uniform"`` (default), ``"gaussian"`` or ``"constant"`` (see :func:`make_patches`).
         seed: seed of the occluder noise.
         top_k: images per unit (default 10); at most N.
-        units: channels to probe; default all.
+        units: channels to probe: indices, or a spec for :func:`select_units` (``"all"``, ``"0,5,9"``,
+            ``"8-random"`` drawn with ``seed``); default all.
         neuron: probe one neuron on every image instead: ``(c, y, x)`` or ``(c, "center")`` for the unit
             of channel c whose TRF centre is nearest the image centre. ``units`` and ``top_k`` are then unused.
         threshold: fraction of the max for the thresholded ERF size (default 0.5).
@@ -453,7 +455,7 @@ def probe_occlusion(
         neuron = _check_neuron(neuron, (C, h, w), layer, rf, (H, W))
         unit_list = [neuron[0]]
     else:
-        unit_list = list(range(C)) if units is None else [int(u) for u in units]
+        unit_list = select_units(units, C, seed=seed)
         bad = [u for u in unit_list if not 0 <= u < C]
         if bad or not unit_list:
             raise ValueError(f"units {bad or unit_list!r} are not channels of layer {layer!r} with {C} channels; "
@@ -609,6 +611,30 @@ def probe_occlusion(
         topk_images=topk_images, topk_locations=topk_locations, topk_values=topk_values,
         image_maps=image_maps, neuron=neuron, threshold=threshold,
     )
+
+
+def select_units(units, channels: int, *, seed: int = 0) -> list[int]:
+    """Channel indices from a spec: None or ``"all"``; ``"0,5,9"``; ``"N-random"`` (N distinct, seeded); or ints.
+
+    Example:
+        >>> select_units("0,5,9", 512), select_units(None, 3), len(select_units("8-random", 512))
+        ([0, 5, 9], [0, 1, 2], 8)
+    """
+    if units is None or (isinstance(units, str) and units.strip().lower() == "all"):
+        return list(range(channels))
+    if isinstance(units, str):
+        spec = units.strip().lower()
+        if spec.endswith("-random"):
+            count = spec[: -len("-random")]
+            if not count.isdigit() or not 1 <= int(count) <= channels:
+                raise ValueError(f"units={units!r}; expected N-random with 1 <= N <= {channels} (the layer's channels)")
+            order = torch.randperm(channels, generator=torch.Generator().manual_seed(seed))
+            return sorted(order[: int(count)].tolist())
+        try:
+            return [int(u) for u in spec.split(",") if u.strip()]
+        except ValueError:
+            raise ValueError(f"units={units!r}; expected 'all', a comma list like '0,5,9', or 'N-random'") from None
+    return [int(u) for u in units]
 
 
 def _check_neuron(neuron, shape: tuple[int, int, int], layer: str, rf, image_size) -> tuple[int, int, int]:

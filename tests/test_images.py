@@ -113,3 +113,37 @@ def test_bad_resize(photo_dir):
 def test_bad_std(photo_dir):
     with pytest.raises(ValueError, match="std=.*positive"):
         load_images(photo_dir, std=(1, 0, 1))
+
+
+class _Items:
+    def __init__(self, shapes):
+        self.items = [(torch.full((3, h, w), float(i)), torch.zeros(h, w)) for i, (h, w) in enumerate(shapes)]
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+def test_images_from_dataset():
+    from erf.images import images_from_dataset
+
+    s = images_from_dataset(_Items([(6, 8)] * 5), limit=3, prefix="val")
+    assert s.images.shape == (3, 3, 6, 8) and s.names == ("val_00000", "val_00001", "val_00002")
+    assert s.images[2].unique().tolist() == [2.0]
+    assert images_from_dataset(_Items([(6, 8), (4, 4)]), resize=(5, 5)).images.shape == (2, 3, 5, 5)
+
+
+def test_images_from_dataset_different_sizes():
+    from erf.images import images_from_dataset
+
+    with pytest.raises(ValueError, match=r"different sizes \(4x4, 6x8\); expected one size, or pass resize"):
+        images_from_dataset(_Items([(6, 8), (4, 4)]))
+
+
+def test_images_from_empty_dataset():
+    from erf.images import images_from_dataset
+
+    with pytest.raises(ValueError, match="dataset is empty"):
+        images_from_dataset(_Items([]))

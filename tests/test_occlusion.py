@@ -326,3 +326,27 @@ def test_incremental_engine_gives_the_full_engine_maps(small_setup):
     inc = _probe(small_setup, engine="incremental")
     np.testing.assert_allclose(inc.maps, full.maps, rtol=1e-4, atol=1e-5)
     assert inc.config["engine_used"] == "incremental" and full.config["engine_used"] == "full"
+
+
+def test_select_units_specs():
+    from erf.occlusion import select_units
+
+    assert select_units("all", 4) == [0, 1, 2, 3] and select_units(None, 2) == [0, 1]
+    assert select_units("3, 1", 4) == [3, 1] and select_units([2], 4) == [2]
+    picked = select_units("3-random", 10, seed=1)
+    assert len(set(picked)) == 3 and picked == sorted(picked) and picked == select_units("3-random", 10, seed=1)
+    assert select_units("10-random", 10) == list(range(10))
+
+
+def test_select_units_bad_random_count():
+    from erf.occlusion import select_units
+
+    with pytest.raises(ValueError, match=r"units='11-random'; expected N-random with 1 <= N <= 10"):
+        select_units("11-random", 10)
+
+
+def test_select_units_bad_spec():
+    from erf.occlusion import select_units
+
+    with pytest.raises(ValueError, match=r"units='a,b'; expected 'all', a comma list"):
+        select_units("a,b", 10)

@@ -8,6 +8,11 @@ channel's clean activation is largest; its top-K images by that activation
 give K discrepancy maps, each normalised to max 1, re-centred on the unit's
 TRF centre (see :mod:`erf.result` for the canvas) and averaged.
 
+An occluder changes a unit as soon as the patch touches its TRF, and its
+change is recorded at the occluder's centre, so the support of a discrepancy
+map is the TRF grown by ``patch - 1`` per axis: the occlusion ERF of a small
+layer can exceed its TRF by about the patch size.
+
 One sweep gives every unit's map (the perturbed pass yields the whole layer),
 positions run in batches, the forward pass stops at the layer
 (:func:`erf.graph.truncate`), positions whose patch cannot reach any probed

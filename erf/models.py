@@ -52,13 +52,16 @@ class LoadedModel:
     meta: dict = field(default_factory=dict)
 
 
-def load_model(spec: str, *, weights: str | None = None) -> LoadedModel:
+def load_model(spec: str, *, weights: str | None = None, device: str | torch.device | None = None) -> LoadedModel:
     """Resolve ``spec`` to a model in eval mode (see the module docstring for the forms).
 
     Args:
         spec: torchvision model name, ``"module.path:function"``, or a checkpoint path.
         weights: for torchvision names and builders: None (random init, seeded), a
             torchvision weights name, or a local state-dict file.
+        device: where to put the model (default: CPU). ``"meta"`` without weights builds
+            a torchvision model in milliseconds with no memory: enough for shapes and
+            receptive fields (``erf-rf`` uses it).
 
     Returns:
         A :class:`LoadedModel`.
@@ -79,12 +82,16 @@ def load_model(spec: str, *, weights: str | None = None) -> LoadedModel:
     if path.is_file():
         if weights is not None:
             raise ValueError(f"--weights does not apply to checkpoint {spec!r}: it holds its own weights")
-        return _from_checkpoint(path)
-    if _BUILDER.match(spec):
-        return _from_builder(spec, weights)
-    if os.sep in spec or spec.endswith((".pt", ".pth")):
+        lm = _from_checkpoint(path)
+    elif _BUILDER.match(spec):
+        lm = _from_builder(spec, weights)
+    elif os.sep in spec or spec.endswith((".pt", ".pth")):
         raise FileNotFoundError(f"checkpoint {spec!r} does not exist")
-    return _from_torchvision(spec, weights)
+    else:
+        lm = _from_torchvision(spec, weights, device)
+    if device is not None:
+        lm.model.to(device)
+    return lm
 
 
 # --------------------------------------------------------------------------- torchvision
@@ -96,7 +103,7 @@ def _torchvision_names() -> list[str]:
     return sorted(torchvision.models.list_models(module=torchvision.models))
 
 
-def _from_torchvision(name: str, weights: str | None) -> LoadedModel:
+def _from_torchvision(name: str, weights: str | None, device: str | torch.device | None = None) -> LoadedModel:
     import torchvision
     from torchvision.models import get_model, get_model_weights
 
@@ -109,7 +116,7 @@ def _from_torchvision(name: str, weights: str | None) -> LoadedModel:
     meta: dict[str, Any] = {"source": "torchvision"}
     mean, std, size = IMAGENET_MEAN, IMAGENET_STD, _crop_size(default) or 224
     if weights is None:
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), torch.device(device or "cpu"):
             torch.manual_seed(_SEED)
             model = get_model(name, weights=None)
         meta["weights"] = None

@@ -137,3 +137,9 @@ def test_file_that_is_not_our_checkpoint_says_what_it_holds(tmp_path):
     torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "r18.pt")
     with pytest.raises(ValueError, match="is not an erf-toolkit checkpoint: it holds"):
         load_model(str(tmp_path / "r18.pt"))
+
+
+def test_meta_device_builds_without_memory():
+    lm = load_model("vgg16", device="meta")
+    assert lm.model.features[0].weight.is_meta and not lm.model.training
+    assert not load_model("tests.test_models:tiny_net", device="meta").model[0].weight.is_cpu

@@ -5,6 +5,7 @@ from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor
 
 from erf.graph import layer_names, truncate
+from erf.rf import receptive_field
 from parsenet.backbones import vgg16_channels, vgg16_layers, vgg16_strides
 from parsenet.config import ParseNetConfig
 from parsenet.layers import L2Norm
@@ -165,17 +166,34 @@ def test_fixed_scale_is_not_trained_and_checkpoints_interchange():
 
 @pytest.mark.parametrize("backbone", ["vgg16-fcn32s", "vgg16-largefov"])
 def test_context_changes_far_corner_prediction(backbone):
-    # At 224 px the top-left output cell's theoretical RF ends near pixel 218
-    # (FCN-32s fc7: 404 px wide, centred on pixel 15.5), so the bottom-right pixel
-    # can reach it only through the global average.
+    # Output pixel (0, 0) reads only score cell (0, 0) (clamped upsampling). Without
+    # context that cell's theoretical RF stops short of the bottom-right pixel at 224 px,
+    # so only the global average can carry a change there to the top-left corner.
     x = torch.randn(1, 3, 224, 224)
     x2 = x.clone()
     x2[0, :, -1, -1] += 10.0
     for context, reaches in (("global", True), ("none", False)):
         model = compact(backbone=backbone, context=context).eval()
+        top, left, bottom, right = receptive_field(model, "score", 224).box(0, 0)
+        assert (bottom >= 224 and right >= 224) == reaches, (context, bottom, right)
         with torch.no_grad():
             before, after = model(x)["out"][0, :, 0, 0], model(x2)["out"][0, :, 0, 0]
         assert (not torch.equal(before, after)) == reaches, context
+
+
+@pytest.mark.parametrize("backbone, rf, jump", [("vgg16-fcn32s", 404, 32), ("vgg16-largefov", 412, 8)])
+def test_theoretical_rf_of_fc7_and_fused_score(backbone, rf, jump):
+    # FCN-32s fc7: VGG16's pool5 (212 px) plus fc6's 6 extra taps at jump 32.
+    # LargeFOV fc7: pool5 (220 px, hand-summed per layer) plus fc6's 24 px dilation span at jump 8.
+    for context in ("global", "none"):
+        model = compact(backbone=backbone, context=context, extra_layers=("conv3_3", "conv4_3"))
+        fc7 = receptive_field(model, "fc7", (224, 160))
+        assert (fc7.rf, fc7.jump, fc7.is_global) == ((rf, rf), (jump, jump), False)
+        assert fc7.start == ((jump - 1) / 2,) * 2  # cell i centred on pixel jump * i + (jump - 1) / 2
+        score = receptive_field(model, "score", (224, 160))
+        assert score.is_global == (context == "global")
+        if context == "none":  # the resized lower layers sit on fc7's grid: same centres and jump
+            assert (score.rf, score.jump, score.start) == (fc7.rf, fc7.jump, fc7.start)
 
 
 def test_context_is_per_image_not_per_batch():

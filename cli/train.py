@@ -23,12 +23,9 @@ from parsenet.trainer import TrainConfig, evaluate_checkpoint, load_run_config, 
 
 __all__ = ["train_command", "eval_command"]
 
-# command-line option -> (TrainConfig field, or ("model", ParseNetConfig field))
+# command-line options that are ParseNetConfig fields (the rest are TrainConfig fields)
 _MODEL_OPTIONS = ("backbone", "width", "batch_norm", "context", "fusion", "normalize", "scale_init", "learn_scale",
                   "context_dropout", "extra_layers", "upsample", "branch_loss")
-_TRAIN_OPTIONS = ("dataset", "train_split", "val_split", "steps", "batch_size", "accumulate", "lr", "momentum",
-                  "weight_decay", "poly_power", "head_lr_mult", "crop_size", "scale_range", "eval_every",
-                  "eval_batch_size", "seed", "workers", "device", "amp", "out", "log_every", "progress")
 
 
 def _parse_value(text: str):
@@ -77,6 +74,7 @@ def _read_toml(path: str) -> dict:
 @click.option("--extra-layers", help="comma list of lower layers to fuse, e.g. conv4_3,conv5_3")
 @click.option("--upsample", help="bilinear or deconv")
 @click.option("--branch-loss/--no-branch-loss", default=None, help="a loss on each late-fusion branch too")
+@click.option("--pretrained", help="ImageNet VGG16 init: local state-dict file or torchvision weights name")
 @click.option("--steps", type=int, help="optimizer updates")
 @click.option("--batch-size", type=int, help="images per forward pass and process")
 @click.option("--accumulate", type=int, help="forward passes per update")

@@ -67,6 +67,10 @@ class TrainConfig:
         dataset_options: extra keyword options of the dataset (scenes: ``size``, ``num_images``, ...).
         train_split, val_split: split names.
         model: the model; ``num_classes`` is always taken from the dataset.
+        pretrained: initialise conv1_1 ... fc7 from ImageNet VGG16 (full width only), as the paper
+            does: a local state-dict file in torchvision's layout, or a torchvision weights name
+            such as ``"IMAGENET1K_V1"`` (torchvision downloads it once into ``$TORCH_HOME``).
+            ``None`` trains from scratch. Ignored on resume (the checkpoint has the weights).
         steps: optimizer updates.
         batch_size: images per forward pass and process.
         accumulate: forward passes per update (effective batch ``batch_size * accumulate * processes``).
@@ -102,6 +106,7 @@ class TrainConfig:
     train_split: str = "train"
     val_split: str = "val"
     model: ParseNetConfig = field(default_factory=ParseNetConfig)
+    pretrained: str | None = None
     steps: int = 1000
     batch_size: int = 8
     accumulate: int = 1
@@ -551,7 +556,12 @@ def _train(cfg: TrainConfig, device: torch.device, ddp: _Dist, build_dataset, bu
     model_cfg = replace(cfg.model, num_classes=info.num_classes)
 
     torch.manual_seed(cfg.seed)  # initialisation: the same on every rank
-    model = build_model(model_cfg).to(device)
+    model = build_model(model_cfg)
+    if cfg.pretrained and not cfg.resume:
+        from parsenet.pretrained import load_vgg16_backbone
+
+        load_vgg16_backbone(model, cfg.pretrained, progress=ddp.main and cfg.progress)
+    model.to(device)
     optimizer = torch.optim.SGD(_param_groups(model, cfg), lr=cfg.lr, momentum=cfg.momentum)
     scheduler = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=cfg.steps, power=cfg.poly_power)
     use_amp = cfg.amp and device.type == "cuda"
@@ -625,6 +635,9 @@ def _train(cfg: TrainConfig, device: torch.device, ddp: _Dist, build_dataset, bu
                                       "images_per_second": rate})
 
             if done % cfg.eval_every == 0 or done == cfg.steps:
+                if ddp.world > 1:  # BatchNorm statistics drift apart per rank: evaluate rank 0's, the saved model
+                    for buffer in model.buffers():
+                        dist.broadcast(buffer, 0)
                 metrics = evaluate(model, val_set, batch_size=cfg.eval_batch_size, device=device,
                                    workers=cfg.workers, amp=use_amp)
                 last_metrics = {"step": done, "metrics": metrics.to_dict()}

@@ -116,6 +116,22 @@ def test_worker_count_does_not_change_the_result(tmp_path):
     assert_same_weights(weights(tmp_path / "w0" / "last.pt"), weights(tmp_path / "w2" / "last.pt"))
 
 
+def test_pretrained_backbone_is_loaded_before_training_and_not_on_resume(tmp_path, monkeypatch):
+    import parsenet.pretrained
+
+    calls = []
+
+    def fake_load(model, weights, *, progress=True):
+        calls.append(weights)
+        return model
+
+    monkeypatch.setattr(parsenet.pretrained, "load_vgg16_backbone", fake_load)
+    train(tiny(tmp_path / "run", steps=1, eval_every=1, pretrained="vgg16.pth"))
+    assert calls == ["vgg16.pth"]
+    train(tiny(tmp_path / "run", steps=1, eval_every=1, pretrained="vgg16.pth", resume=True))
+    assert calls == ["vgg16.pth"]
+
+
 def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     real_save = torch.save
     saves = []

@@ -133,10 +133,10 @@ def _worker(args) -> dict:
             batch[p, :, y:y + PATCH, x:x + PATCH] = pat[p]
         return body(batch)  # (P, C, h, w)
 
+    base = _maxrss()  # model, image and inputs loaded; every warm-up below counts towards the growth
     if args.method == "full":
         with torch.inference_mode():
             full(positions[:2], patches[:2])  # warm-up, untimed
-            base = _maxrss()
             t0 = time.perf_counter()
             for i in range(0, len(positions), args.batch):
                 full(positions[i:i + args.batch], patches[i:i + args.batch])
@@ -144,7 +144,6 @@ def _worker(args) -> dict:
         out["images"] = len(positions)
     elif args.method == "incremental":
         IncrementalOcclusion(body, image)(positions[:2], patches[:2])  # warm-up, untimed
-        base = _maxrss()
         t0 = time.perf_counter()
         engine = IncrementalOcclusion(body, image)
         for i in range(0, len(positions), args.batch):
@@ -168,7 +167,6 @@ def _worker(args) -> dict:
         with torch.inference_mode():
             body(image)  # warm-up, untimed
         images = 0
-        base = _maxrss()
         t0 = time.perf_counter()
         for cu, yu, xu in units:
             occ = Occlusion(lambda inp, cu=cu, yu=yu, xu=xu: body(inp)[:, cu, yu, xu])

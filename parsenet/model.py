@@ -61,9 +61,12 @@ def _check_input(x: torch.Tensor, minimum: int, backbone: str) -> None:
 class ParseNet(nn.Module):
     """ParseNet, or with ``context="none"`` its FCN baseline; every layer under the paper's name.
 
-    Keyword arguments are the fields of :class:`~parsenet.config.ParseNetConfig`, which
-    documents each; the validated config is kept as :attr:`config` for checkpoints.
-    Use :func:`build_model` to build from a config.
+    Args:
+        num_classes, backbone, width, batch_norm, context, fusion, normalize, scale_init,
+        learn_scale, context_dropout, extra_layers, upsample, branch_loss: the fields of
+        :class:`~parsenet.config.ParseNetConfig` (which documents each, with the same
+        defaults); the validated config is kept as :attr:`config` for checkpoints.
+        :func:`build_model` builds from a config.
 
     Attributes:
         config: the :class:`ParseNetConfig` this model was built from.
@@ -85,9 +88,30 @@ class ParseNet(nn.Module):
         torch.Size([2, 5, 96, 97])
     """
 
-    def __init__(self, **kwargs):
+    def __init__(
+        self,
+        *,
+        num_classes: int = 21,
+        backbone: str = "vgg16-largefov",
+        width: float = 1.0,
+        batch_norm: bool = False,
+        context: str = "global",
+        fusion: str = "late",
+        normalize: bool = True,
+        scale_init: float = 10.0,
+        learn_scale: bool = True,
+        context_dropout: float = 0.3,
+        extra_layers: tuple[str, ...] = (),
+        upsample: str = "bilinear",
+        branch_loss: bool = False,
+    ):
         super().__init__()
-        cfg = ParseNetConfig(**kwargs)  # validates every argument, names the bad one
+        cfg = ParseNetConfig(  # validates every argument and names the bad one
+            num_classes=num_classes, backbone=backbone, width=width, batch_norm=batch_norm, context=context,
+            fusion=fusion, normalize=normalize, scale_init=scale_init, learn_scale=learn_scale,
+            context_dropout=context_dropout, extra_layers=tuple(extra_layers), upsample=upsample,
+            branch_loss=branch_loss,
+        )
         self.config = cfg
         spec = backbone_spec(cfg.backbone)
         self.output_stride = spec.output_stride

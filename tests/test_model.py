@@ -266,6 +266,10 @@ def test_config_round_trip_rebuilds_the_same_model():
     assert torch.equal(model(x)["out"], rebuilt(x)["out"])
 
 
+def test_module_defaults_are_the_config_defaults():
+    assert ParseNet(width=W).config == ParseNetConfig(width=W)
+
+
 def test_build_model_rejects_non_config():
     with pytest.raises(TypeError, match="expects a ParseNetConfig, got dict"):
         build_model({"backbone": "vgg16-fcn32s"})

@@ -10,6 +10,7 @@ Several processes: ``torchrun --nproc-per-node 2 $(which erf-train) --preset dem
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tomllib
 from pathlib import Path
@@ -100,6 +101,7 @@ def train_command(preset_name, config_file, dataset_option, resume, **options):
     """Train ParseNet (or the FCN baseline with --context none) and write a run folder.
 
     The run folder gets last.pt, best.pt, log.jsonl and summary.json.
+    Several processes: torchrun --nproc-per-node N $(which erf-train) ...
     """
     explicit = {k: v for k, v in options.items() if v is not None}
     if "crop_size" in explicit:
@@ -132,7 +134,7 @@ def train_command(preset_name, config_file, dataset_option, resume, **options):
     summary = train(cfg)
     best, last = summary.get("best"), summary.get("last")
     out = Path(cfg.out)
-    if best:
+    if best and int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one report
         click.echo(f"best mean IoU {_pct(best['metrics']['mean_iou'])} at step {best['step']}; "
                    f"last {_pct(last['metrics']['mean_iou']) if last else 'n/a'}; run folder {out}")
 

@@ -183,16 +183,16 @@ def metrics_table(columns: dict[str, SegmentationMetrics], classes: Sequence[str
         if len(m.per_class_iou) != len(classes):
             raise ValueError(f"column {title!r} has {len(m.per_class_iou)} classes but {len(classes)} class names were given")
     rows = [("pixel acc", "pixel_acc"), ("mean acc", "mean_acc"), ("mean IoU", "mean_iou"), ("fw IoU", "fw_iou")]
-    lines_ = [("metric", *columns.keys())]
+    table = [("metric", *columns.keys())]
     for label, key in rows:
-        lines_.append((label, *(_pct(getattr(m, key)) for m in columns.values())))
-    lines_.append(("IoU per class", *("" for _ in columns)))
+        table.append((label, *(_pct(getattr(m, key)) for m in columns.values())))
+    table.append(("IoU per class", *("" for _ in columns)))
     for k, name in enumerate(classes):
-        lines_.append((f"  {name}", *(_pct(m.per_class_iou[k]) for m in columns.values())))
-    first = max(len(r[0]) for r in lines_)
-    widths = [max(len(r[c]) for r in lines_) for c in range(1, len(lines_[0]))]
+        table.append((f"  {name}", *(_pct(m.per_class_iou[k]) for m in columns.values())))
+    first = max(len(r[0]) for r in table)
+    widths = [max(len(r[c]) for r in table) for c in range(1, len(table[0]))]
     out = []
-    for r in lines_:
+    for r in table:
         cells = [r[0].ljust(first)] + [cell.rjust(max(w, 6)) for cell, w in zip(r[1:], widths)]
         out.append("  ".join(cells).rstrip())
     return "\n".join(out)

@@ -54,7 +54,8 @@ from parsenet.metrics import ConfusionMatrix, SegmentationMetrics
 __all__ = ["TrainConfig", "train", "evaluate", "evaluate_checkpoint", "load_run_config"]
 
 # Options that may change when a run resumes: they do not change what is computed.
-_FREE_ON_RESUME = ("out", "resume", "device", "workers", "eval_every", "eval_batch_size", "log_every", "progress")
+_FREE_ON_RESUME = ("out", "resume", "device", "workers", "eval_every", "eval_batch_size", "log_every", "progress",
+                   "pretrained")
 
 
 @dataclass(frozen=True)

@@ -156,7 +156,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
     Example:
         >>> ckpt = load_checkpoint("runs/demo/parsenet/best.pt")  # doctest: +SKIP
-        >>> ckpt["step"], ckpt["model_config"]["context"]
+        >>> ckpt["step"], ckpt["model_config"]["context"]  # doctest: +SKIP
         (1500, 'global')
     """
     path = Path(path)
@@ -196,7 +196,7 @@ def load_model_from_checkpoint(path: str | os.PathLike, device: str | torch.devi
 
     Example:
         >>> model, info = load_model_from_checkpoint("runs/demo/parsenet/best.pt")  # doctest: +SKIP
-        >>> model(torch.zeros(1, 3, 96, 96))["out"].shape, len(info["classes"])
+        >>> model(torch.zeros(1, 3, 96, 96))["out"].shape, len(info["classes"])  # doctest: +SKIP
         (torch.Size([1, 11, 96, 96]), 11)
     """
     from parsenet.config import ParseNetConfig

@@ -37,7 +37,7 @@ class ParseNetConfig:
         context_dropout: dropout on the normalised global feature (ParseNet: 0.3).
         extra_layers: lower layers fused as well, e.g. ``("conv4_3", "conv5_3")``.
         upsample: ``"bilinear"`` interpolation or a learnable ``"deconv"`` initialised bilinear.
-        branch_loss: with late fusion, also return each branch's scores for a loss of its own.
+        branch_loss: with late fusion (required), also return each branch's scores for a loss of its own.
     """
 
     num_classes: int = 21

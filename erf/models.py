@@ -104,7 +104,6 @@ def _torchvision_names() -> list[str]:
 
 
 def _from_torchvision(name: str, weights: str | None, device: str | torch.device | None = None) -> LoadedModel:
-    import torchvision
     from torchvision.models import get_model, get_model_weights
 
     names = _torchvision_names()

@@ -171,7 +171,7 @@ class LayerRF:
     Example:
         >>> r = receptive_field(torchvision.models.vgg16(), "features.30", 224)
         >>> r.size, r.rf, r.jump, r.box(0, 0, clip=True)
-        ((7, 7), (212.0, 212.0), (32.0, 32.0), (0, 0, 106, 106))
+        ((7, 7), (212.0, 212.0), (32.0, 32.0), (0, 0, 122, 122))
     """
 
     name: str
@@ -945,10 +945,13 @@ def receptive_fields(model: nn.Module, input_size: int | tuple[int, int],
             states = _run(model, gm, qualnames, size, wanted)
     finally:
         model.train(was_training)
-    return _collect(model, gm, qualnames, states, members, by_name, layers, size)
+    return _collect(gm, qualnames, states, members, by_name, layers, size)
 
 
-def _collect(model, gm, qualnames, states, members, by_name, layers, size) -> dict[str, LayerRF]:
+def _collect(gm: fx.GraphModule, qualnames: dict[fx.Node, str], states: dict[fx.Node, Any],
+             members: dict[str, list[fx.Node]], by_name: dict[str, fx.Node], layers: Sequence[str] | None,
+             size: tuple[int, int]) -> dict[str, LayerRF]:
+    """Turn node states into LayerRFs: the requested layers, or every map / global node plus containers."""
     reportable = {n for n, s in states.items() if (s is _GLOBAL or isinstance(s, _Map)) and n.op != "placeholder"}
 
     def rf_of(name: str, node: fx.Node) -> LayerRF:

@@ -1,8 +1,6 @@
 """erf.models.load_model: torchvision names, weights (local files, the weights API), builders, checkpoints."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 import torchvision

@@ -403,7 +403,10 @@ def gradient_boxes(model: nn.Module, layer: str, size: tuple[int, int], units: l
     body = truncate(linearised(model, collapse), layer)
     x = torch.zeros(len(units), 1 if collapse else 3, *size, dtype=torch.float64, requires_grad=True)
     out = body(x)  # (U, C, h, w): one image per unit
-    torch.stack([out[i, 0, y, x_] for i, (y, x_) in enumerate(units)]).sum().backward()
+    seed = torch.zeros_like(out)  # d(unit i of image i) / d(out)
+    for i, (y, x_) in enumerate(units):
+        seed[i, 0, y, x_] = 1.0
+    out.backward(seed)
     boxes = []
     for g in x.grad.abs().sum(1):  # (H, W) per unit
         rows, cols = g.any(1).nonzero().flatten(), g.any(0).nonzero().flatten()
@@ -416,6 +419,7 @@ def corner_and_centre_units(h: int, w: int) -> list[tuple[int, int]]:
     return sorted({(0, 0), (h // 2, w // 2), (h - 1, w - 1), (0, w - 1), (h // 3, w - 1)})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, kwargs, size, layers", [
     ("alexnet", {}, (256, 240), ["features.5", "features.12"]),
     ("vgg16", {}, (224, 224), ["features.16", "features.29", "features.30"]),

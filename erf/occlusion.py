@@ -325,6 +325,29 @@ def _check_finite(t: torch.Tensor, layer: str, what: str) -> None:
                          "(check the weights and the input normalisation)")
 
 
+def _sweep(engine_fn, image, positions, run_idx, unit_idx, loc_y, loc_x, base, *, patch, noise, seed,
+           batch_size, what, bar=None) -> torch.Tensor:
+    """|act - clean| of every probed unit at its location, for the positions in ``run_idx``, batch by batch.
+
+    Returns (U, P) float32 on the CPU; positions not in ``run_idx`` stay exactly 0. Only the (B, U)
+    values at the units' locations are kept from each batch's (B, C, h, w) activation.
+    """
+    U, P = len(unit_idx), len(positions)
+    discrepancy = torch.zeros(U, P, dtype=torch.float32)  # (U, P): one column per occluder position
+    for b0 in range(0, len(run_idx), batch_size):
+        idx = run_idx[b0:b0 + batch_size]  # (B,)
+        patches = make_patches(image, idx, patch, noise=noise, seed=seed)  # (B, 3, ph, pw)
+        with torch.inference_mode():
+            act = engine_fn(positions[idx], patches)  # (B, C, h, w)
+            at_units = act[:, unit_idx, loc_y, loc_x].float()  # (B, U): each unit at its own location
+        if not torch.isfinite(at_units).all():
+            raise ValueError(f"NaN or inf activations on {what}; expected finite values")
+        discrepancy[:, idx] = (at_units - base).abs().T.cpu()  # (U, B)
+        if bar is not None:
+            bar.update(len(idx))
+    return discrepancy
+
+
 def _center_unit(rf, h: int, w: int, image_size: tuple[int, int]) -> tuple[int, int]:
     """The location whose TRF centre is nearest the image centre (ties: the lower index)."""
     H, W = image_size
@@ -505,7 +528,8 @@ def probe_occlusion(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=(N - len(done)) * len(positions), unit="pos", desc=f"occlusion {layer}")
-    todo = [i for i, n in enumerate(names) if n not in set(done)]
+    finished = set(done)
+    todo = [i for i, n in enumerate(names) if n not in finished]
     for i in todo:
         image = images[i:i + 1].to(device)  # (1, 3, H, W)
         with torch.inference_mode():
@@ -513,7 +537,8 @@ def probe_occlusion(
         _check_finite(clean, layer, f"image {names[i]!r}")
         if neuron is None:
             flat = clean[unit_idx].reshape(U, -1)  # (U, h*w)
-            values, where = flat.max(dim=1)  # (U,): each unit's strongest location on this image
+            where = flat.argmax(dim=1)  # (U,): each unit's strongest location (first one on ties)
+            values = flat.gather(1, where[:, None])[:, 0]  # (U,)
             loc_y, loc_x = where // w, where % w
         else:
             loc_y = torch.tensor([neuron[1]], device=device)
@@ -523,20 +548,10 @@ def probe_occlusion(
         run = np.ones(gh * gw, dtype=bool)
         if skip:
             run = _needed(rf, starts_y, starts_x, (ph, pw), locations).ravel()  # (P,)
-        discrepancy = torch.zeros(U, gh * gw, dtype=torch.float32)  # (U, P): |act - clean| per unit
-        run_idx = torch.from_numpy(np.nonzero(run)[0])
-        engine_fn = _make_engine(engine, body, image)
-        base = values.float()  # (U,)
-        for b0 in range(0, len(run_idx), batch_size):
-            idx = run_idx[b0:b0 + batch_size]  # (B,)
-            patches = make_patches(image, idx, (ph, pw), noise=noise, seed=seed)  # (B, 3, ph, pw)
-            with torch.inference_mode():
-                act = engine_fn(positions[idx], patches)  # (B, C, h, w)
-                at_units = act[:, unit_idx, loc_y, loc_x].float()  # (B, U): each unit at its location
-            _check_finite(at_units, layer, f"an occluded copy of image {names[i]!r}")
-            discrepancy[:, idx] = (at_units - base).abs().T.cpu()  # (U, B)
-            if bar is not None:
-                bar.update(len(idx))
+        discrepancy = _sweep(
+            _make_engine(engine, body, image), image, positions, torch.from_numpy(np.nonzero(run)[0]),
+            unit_idx, loc_y, loc_x, values.float(), patch=(ph, pw), noise=noise, seed=seed,
+            batch_size=batch_size, what=f"an occluded copy of image {names[i]!r} at layer {layer!r}", bar=bar)
         if bar is not None:
             bar.update(int((~run).sum()))
         maps = discrepancy.reshape(U, gh, gw).numpy()
@@ -572,7 +587,6 @@ def probe_occlusion(
     out_maps = np.zeros((U, 2 * H, 2 * W), dtype=np.float32)  # (U, 2H, 2W)
     image_maps = None
     if neuron is None:
-        K = top_k
         rank_to_index = {rank_of[n]: j for j, n in enumerate(names)}
         topk_images = np.array([[rank_to_index.get(int(r), -1) for r in row] for row in topk.ranks])  # (U, K)
         valid = np.isfinite(topk.values)  # (U, K)

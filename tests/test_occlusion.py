@@ -350,3 +350,47 @@ def test_select_units_bad_spec():
 
     with pytest.raises(ValueError, match=r"units='a,b'; expected 'all', a comma list"):
         select_units("a,b", 10)
+
+
+_KILLED_CHILD = """
+import sys, torch
+from torch import nn
+from erf.occlusion import probe_occlusion
+torch.manual_seed(0)
+model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3, stride=2), nn.ReLU()).eval()
+images = torch.randn(5, 3, 20, 20, generator=torch.Generator().manual_seed(1))
+def on_image(done, name):
+    print(done, flush=True)
+    if done == 2:
+        sys.stdin.readline()  # wait here until the parent kills us
+probe_occlusion(model, "3", images, patch=5, stride=3, top_k=3, state_path=sys.argv[1], on_image=on_image)
+"""
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_equals_uninterrupted(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    state = tmp_path / "state.npz"
+    child = subprocess.Popen([sys.executable, "-c", _KILLED_CHILD, str(state)], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        assert child.stdout.readline().strip() == "1"
+        assert child.stdout.readline().strip() == "2"
+        child.send_signal(signal.SIGKILL)
+    finally:
+        child.wait(timeout=60)
+    assert child.returncode == -signal.SIGKILL and state.is_file()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3, stride=2), nn.ReLU()).eval()
+    images = torch.randn(5, 3, 20, 20, generator=torch.Generator().manual_seed(1))
+    seen = []
+    resumed = probe_occlusion(model, "3", images, patch=5, stride=3, top_k=3, state_path=state,
+                              on_image=lambda d, n: seen.append(n))
+    fresh = probe_occlusion(model, "3", images, patch=5, stride=3, top_k=3)
+    assert seen == ["image_00002", "image_00003", "image_00004"]
+    np.testing.assert_array_equal(resumed.maps, fresh.maps)
+    np.testing.assert_array_equal(resumed.topk_images, fresh.topk_images)

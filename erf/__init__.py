@@ -1,4 +1,27 @@
-"""erf: theoretical and empirical receptive fields of CNN neurons."""
-from erf.graph import layer_names, resolve_layer, truncate
+"""erf: theoretical and empirical receptive fields of CNN neurons.
 
-__all__ = ["layer_names", "resolve_layer", "truncate"]
+Theoretical RFs come from layer arithmetic (:mod:`erf.rf`); empirical RFs from
+the sliding-noise occlusion probe of Zhou et al. 2015 (:mod:`erf.occlusion`,
+exact and incremental with :mod:`erf.incremental`) and the gradient ERF of
+Luo et al. 2016 (:mod:`erf.gradient`), summarised by :mod:`erf.stats` and
+stored as :class:`erf.result.ERFResult`.
+"""
+from erf.gradient import probe_gradient
+from erf.graph import TruncatedModel, layer_names, resolve_layer, truncate
+from erf.images import IMAGENET_MEAN, IMAGENET_STD, ImageSet, images_from_dataset, load_images
+from erf.incremental import IncrementalOcclusion, MacCount
+from erf.models import LoadedModel, load_model
+from erf.occlusion import FullReinference, make_patches, occluder_positions, probe_occlusion
+from erf.result import ERFResult
+from erf.rf import LayerRF, receptive_field, receptive_fields
+from erf.stats import ERFStats, erf_stats, fit_gaussian
+
+__all__ = [
+    "LayerRF", "receptive_field", "receptive_fields",
+    "layer_names", "resolve_layer", "truncate", "TruncatedModel",
+    "LoadedModel", "load_model",
+    "ImageSet", "load_images", "images_from_dataset", "IMAGENET_MEAN", "IMAGENET_STD",
+    "probe_occlusion", "occluder_positions", "make_patches", "FullReinference", "IncrementalOcclusion", "MacCount",
+    "probe_gradient",
+    "ERFStats", "erf_stats", "fit_gaussian", "ERFResult",
+]

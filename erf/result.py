@@ -36,6 +36,7 @@ __all__ = ["FORMAT_VERSION", "ERFResult", "recenter", "canvas_anchor", "rf_to_di
 
 FORMAT_VERSION = 1
 _ARRAYS = ("units", "maps", "layer_map", "topk_images", "topk_locations", "topk_values")
+_OPTIONAL_ARRAYS = ("image_maps", "display_images", "activations")
 
 
 def canvas_anchor(center: tuple[float, float]) -> tuple[int, int]:
@@ -113,6 +114,8 @@ class ERFResult:
         summary: mean/std over units of each statistic, plus the table row (:meth:`table_row`).
         image_maps: (N, H, W) float32 raw per-image map on the image grid (neuron and gradient modes), else None.
         neuron: (c, y, x) of the probed neuron, or None.
+        display_images: optional (N, H, W, 3) uint8 images as a person sees them, for figures.
+        activations: optional (N, h, w) float32 activation map of the neuron's channel on each image, for figures.
     """
 
     method: str
@@ -134,6 +137,8 @@ class ERFResult:
     summary: dict
     image_maps: np.ndarray | None = None
     neuron: tuple[int, int, int] | None = None
+    display_images: np.ndarray | None = None
+    activations: np.ndarray | None = None
     format_version: int = field(default=FORMAT_VERSION)
 
     @property
@@ -154,8 +159,9 @@ class ERFResult:
         """
         directory = Path(directory)
         arrays = {name: np.asarray(getattr(self, name)) for name in _ARRAYS}
-        if self.image_maps is not None:
-            arrays["image_maps"] = np.asarray(self.image_maps)
+        for name in _OPTIONAL_ARRAYS:
+            if getattr(self, name) is not None:
+                arrays[name] = np.asarray(getattr(self, name))
         buf = io.BytesIO()
         np.savez_compressed(buf, **arrays)
         payload = buf.getvalue()
@@ -213,7 +219,7 @@ class ERFResult:
             config=meta["config"], model=meta["model"], images=list(meta["images"]), trf=meta["trf"],
             unit_stats=meta["unit_stats"], layer_stats=meta["layer_stats"], summary=meta["summary"],
             neuron=None if meta["neuron"] is None else tuple(meta["neuron"]),
-            image_maps=arrays.get("image_maps"), **{k: arrays[k] for k in _ARRAYS},
+            **{k: arrays.get(k) for k in _OPTIONAL_ARRAYS}, **{k: arrays[k] for k in _ARRAYS},
         )
 
 

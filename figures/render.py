@@ -154,7 +154,7 @@ def _read_log(run: Path) -> dict[str, list[float]]:
 def _unit_panel_rows(results: Mapping[str, ERFResult], per_model: int) -> list[UnitPanel]:
     rows = []
     for result in results.values():
-        if result.mode != "neuron" or getattr(result, "display_images", None) is None or getattr(result, "activations", None) is None:
+        if result.mode != "neuron" or result.display_images is None or result.activations is None:
             continue
         c, y, x = result.neuron
         rf = LayerRF(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in result.trf.items()})

@@ -20,10 +20,12 @@ Folder layout under ``out``::
 """
 from __future__ import annotations
 
+import json
 import shutil
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from erf.gradient import probe_gradient
@@ -75,7 +77,7 @@ class DemoConfig:
     @classmethod
     def quick(cls, **kwargs) -> "DemoConfig":
         """A one-minute version for smoke tests: few images, few steps, a coarser occluder grid."""
-        base = dict(size=64, train_images=48, val_images=8, steps=12, probe_images=3, top_k=2, stride=6)
+        base = dict(size=64, train_images=32, val_images=4, steps=8, probe_images=2, top_k=2, stride=8)
         return cls(**{**base, **kwargs})
 
     def dataset_options(self) -> dict:
@@ -96,6 +98,14 @@ def train_config(cfg: DemoConfig, name: str, *, progress: bool = True) -> TrainC
         "progress": progress,
     }, cfg.extra)
     return TrainConfig.from_dict(options)
+
+
+def _finished(run: Path) -> bool:
+    """A training run that reached its last step (``summary.json`` is also written at every evaluation)."""
+    try:
+        return bool(json.loads((run / "summary.json").read_text()).get("finished")) and (run / "best.pt").exists()
+    except (FileNotFoundError, json.JSONDecodeError):
+        return False
 
 
 def result_dir(out: str | Path, model: str, layer: str, method: str) -> Path:
@@ -119,12 +129,14 @@ def _strongest_center_channel(model, layer: str, images: torch.Tensor) -> int:
     return int(act[:, :, h // 2, w // 2].mean(0).argmax())
 
 
-def _probe(path: Path, run, *, progress: bool) -> ERFResult:
+def _probe(path: Path, run, *, progress: bool, finish=None) -> ERFResult:
     """Load the finished result in ``path``, or run the probe (resumable through its state file) and save it."""
     if (path / "summary.json").exists():
         return ERFResult.load(path)
     path.mkdir(parents=True, exist_ok=True)
     result = run(path / "state.pt")
+    if finish is not None:
+        finish(result)
     result.save(path)
     (path / "state.pt").unlink(missing_ok=True)
     return result
@@ -160,13 +172,23 @@ def run_experiment(cfg: DemoConfig, *, overwrite: bool = False, resume: bool = F
     for name in MODELS:
         tcfg = train_config(cfg, name, progress=progress)
         runs[name] = Path(tcfg.out)
-        if (runs[name] / "summary.json").exists() and (runs[name] / "best.pt").exists():
+        if _finished(runs[name]):
             log(f"[demo] {name}: training finished earlier, kept ({runs[name]})")
             continue
         log(f"[demo] training {name} (context={MODELS[name]}) for {cfg.steps} steps -> {runs[name]}")
         train(tcfg)
 
-    images, names, _ = probe_images(cfg)
+    images, names, raw = probe_images(cfg)
+
+    def add_display(model, layer: str):
+        """Keep what the Fig. 2 panels show next to a neuron's ERF: the images and the channel's activation."""
+        def finish(result: ERFResult) -> None:
+            with torch.inference_mode():
+                act = truncate(model, layer)(images)[:, result.neuron[0]]  # (N, h, w)
+            result.activations = act.numpy().astype("float32")
+            result.display_images = np.stack([r[0] for r in raw])  # (N, H, W, 3) uint8
+        return finish
+
     common = dict(names=names, batch_size=cfg.batch_size)
     results: dict[tuple[str, str, str], ERFResult] = {}
     for name, run in runs.items():
@@ -192,5 +214,5 @@ def run_experiment(cfg: DemoConfig, *, overwrite: bool = False, resume: bool = F
             lambda state: probe_occlusion(model, "fc7", images, patch=cfg.patch, stride=cfg.stride, seed=cfg.seed,
                                           neuron=(channel, "center"), model_name=label, state_path=state,
                                           progress=progress, **common),
-            progress=progress)
+            progress=progress, finish=add_display(model, "fc7"))
     return {"runs": runs, "results": results, "images": names}

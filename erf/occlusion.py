@@ -34,11 +34,14 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import warnings
+
 import numpy as np
 import torch
 from torch import nn
 
 from erf.graph import resolve_layer, truncate
+from erf.incremental import IncrementalOcclusion
 from erf.result import ERFResult, build_result, recenter, rf_to_dict
 from erf.util import atomic_write, unknown_name
 
@@ -225,20 +228,21 @@ class FullReinference:
         return self.body(batch)  # (P, C, h, w)
 
 
-def _resolve_engine(engine: str) -> str:
-    """What "auto" means: full re-inference until incremental inference is the default (one line to switch)."""
-    return "full" if engine == "auto" else engine
+def _resolve_engine(engine: str, body: nn.Module) -> str:
+    """What "auto" means: exact incremental inference where the graph allows it, else full re-inference."""
+    if engine != "auto":
+        return engine
+    ok, reason = IncrementalOcclusion.supports(body)
+    if not ok:
+        warnings.warn(f"incremental occlusion is not available for this model ({reason}); "
+                      "using full re-inference", stacklevel=3)
+    return "incremental" if ok else "full"
 
 
 def _make_engine(engine: str, body: nn.Module, image: torch.Tensor):
-    """The single place an engine is built."""
-    if _resolve_engine(engine) == "full":
+    """The single place an engine is built (``engine`` already resolved)."""
+    if engine == "full":
         return FullReinference(body, image)
-    try:
-        from erf.incremental import IncrementalOcclusion
-    except ImportError:
-        raise ValueError("engine='incremental' needs erf.incremental, which this installation lacks; "
-                         "expected engine='full' or 'auto'") from None
     return IncrementalOcclusion(body, image)
 
 
@@ -432,7 +436,7 @@ def probe_occlusion(
             of channel c whose TRF centre is nearest the image centre. ``units`` and ``top_k`` are then unused.
         threshold: fraction of the max for the thresholded ERF size (default 0.5).
         batch_size: occluded copies per forward pass (default 32).
-        engine: ``"full"``, ``"incremental"`` or ``"auto"`` (currently full re-inference).
+        engine: ``"full"``, ``"incremental"`` or ``"auto"`` (incremental where the graph allows, else full with a warning; results agree within float round-off).
         device: where to run; default the model's device.
         skip_outside_trf: skip occluder positions whose patch misses the TRF of every probed unit location
             (exact: such a patch cannot change those units). Default True; off for global layers.
@@ -469,11 +473,12 @@ def probe_occlusion(
     if device is None:
         device = next(iter(model.parameters()), torch.empty(0)).device
     device = torch.device(device)
-    body = truncate(model, layer).to(device)
-    if rf is None:
+    if rf is None:  # before truncating: the analysis restores the model's train/eval mode, which the cut shares
         from erf.rf import receptive_field
 
         rf = receptive_field(model, layer, (H, W))
+    body = truncate(model, layer).to(device)  # eval mode
+    engine_used = _resolve_engine(engine, body)
 
     with torch.inference_mode():
         probe_act = body(images[:1].to(device))  # (1, C, h, w)
@@ -549,7 +554,7 @@ def probe_occlusion(
         if skip:
             run = _needed(rf, starts_y, starts_x, (ph, pw), locations).ravel()  # (P,)
         discrepancy = _sweep(
-            _make_engine(engine, body, image), image, positions, torch.from_numpy(np.nonzero(run)[0]),
+            _make_engine(engine_used, body, image), image, positions, torch.from_numpy(np.nonzero(run)[0]),
             unit_idx, loc_y, loc_x, values.float(), patch=(ph, pw), noise=noise, seed=seed,
             batch_size=batch_size, what=f"an occluded copy of image {names[i]!r} at layer {layer!r}", bar=bar)
         if bar is not None:
@@ -618,7 +623,7 @@ def probe_occlusion(
     config = {
         "method": "occlusion", "patch": [ph, pw], "stride": [sh, sw], "noise": noise, "seed": int(seed),
         "top_k": None if neuron is not None else int(top_k), "threshold": float(threshold), "engine": engine,
-        "engine_used": _resolve_engine(engine),
+        "engine_used": engine_used,
         "batch_size": int(batch_size), "skip_outside_trf": bool(skip), "positions": int(gh * gw),
         "grid": [gh, gw], "device": str(device),
     }

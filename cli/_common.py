@@ -1,4 +1,4 @@
-"""What every command shares: bad input becomes one line on stderr and exit code 2, never a traceback."""
+"""What every command shares: bad input becomes one line on stderr (``Error: ...``) and exit code 1, never a traceback."""
 from __future__ import annotations
 
 import functools
@@ -15,7 +15,7 @@ USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, NotADi
 
 
 def friendly_errors(fn):
-    """Decorate a click command body so user errors print ``error: <message>`` and exit 2."""
+    """Decorate a click command body so user errors print ``Error: <message>`` and exit 1 (click's usage errors exit 2)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):

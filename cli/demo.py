@@ -15,7 +15,7 @@ __all__ = ["main"]
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--out", default="runs/demo", show_default=True, help="Experiment folder.")
 @click.option("--size", type=int, help="Scene side in pixels (default 96; 64 with --quick).")
-@click.option("--steps", type=int, help="SGD updates per model (default 1500; 12 with --quick).")
+@click.option("--steps", type=int, help="SGD updates per model (default 1500; 8 with --quick).")
 @click.option("--train-images", type=int, help="Training scenes (default 2000).")
 @click.option("--val-images", type=int, help="Validation scenes (default 200).")
 @click.option("--probe-images", type=int, help="Validation scenes probed per model and layer (default 12).")

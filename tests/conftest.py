@@ -1,8 +1,15 @@
 import os
 from pathlib import Path
 
-import pytest
-import torch
+# One intra-op thread per test process (and per torchrun worker the tests launch): the suite's
+# tensors are small, and the distributed tests run several processes on 2 cores.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
 CAMVID = Path(os.environ.get("ERF_CAMVID", ROOT.parent / "shared" / "data" / "camvid"))

@@ -9,6 +9,16 @@ Example::
 Each (method, layer) is written to ``OUT/<method>-<layer>/`` (``result.npz`` and
 ``summary.json``, see :class:`erf.result.ERFResult`), and the table to
 ``OUT/table.json``. An interrupted run continues with ``--resume``.
+
+Under torchrun the images are sharded across the processes and rank 0 merges
+the partial accumulators and alone writes; the result equals a single-process
+run's (:mod:`erf.distributed`)::
+
+    torchrun --nproc-per-node 4 $(which erf-probe) vgg16 --layer features.29 --images photos/ \
+        --resize 224 --out runs/probe-vgg16
+
+Each rank keeps its own resume state (``state.rank{r}of{w}.npz``), so
+``--resume`` continues with the same number of processes.
 """
 from __future__ import annotations
 
@@ -19,9 +29,10 @@ from pathlib import Path
 import click
 
 from cli._common import friendly_errors
+from erf.distributed import join_process_group, rank_state_path
 from erf.gradient import probe_gradient
 from erf.images import images_from_dataset, load_images
-from erf.occlusion import ENGINES, NOISE_KINDS, probe_occlusion
+from erf.occlusion import ENGINES, NOISE_KINDS, PRECISIONS, probe_occlusion
 from erf.result import ERFResult
 from erf.util import atomic_write
 
@@ -94,7 +105,9 @@ def _print_table(rows: list[dict]) -> None:
 @click.option("--threshold", type=float, default=0.5, help="ERF size: pixels above this fraction of the max")
 @click.option("--engine", type=click.Choice(ENGINES), default="auto", help="occlusion forward passes")
 @click.option("--batch-size", type=int, default=32, help="occluded copies (or gradient inputs) per pass")
-@click.option("--device", default="cpu", help="cpu or cuda")
+@click.option("--device", default="cpu", help="cpu or cuda (under torchrun: cuda:LOCAL_RANK)")
+@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32",
+              help="occlusion forward passes; bf16 reports its drift from fp32 (gradient runs in fp32)")
 @click.option("--seed", type=int, default=0, help="occluder noise, N-random units, noise inputs")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="output folder")
 @click.option("--overwrite", is_flag=True, help="replace the results in an existing output folder")
@@ -102,13 +115,25 @@ def _print_table(rows: list[dict]) -> None:
 @click.option("--progress/--no-progress", default=True, help="progress bar on stderr")
 @friendly_errors
 def probe_command(model_spec, weights, layers, images_dir, dataset, split, max_images, resize, on_bad, method, patch,
-                  stride, noise, top_k, units, neuron, noise_inputs, threshold, engine, batch_size, device, seed,
-                  out_dir, overwrite, resume, progress):
+                  stride, noise, top_k, units, neuron, noise_inputs, threshold, engine, batch_size, device,
+                  precision, seed, out_dir, overwrite, resume, progress):
     """Probe the empirical receptive fields of MODEL's layers and print TRF against ERF per layer.
 
     MODEL is a torchvision model name (random init unless --weights), module:function
     returning an nn.Module, or a checkpoint written by erf-train.
     """
+    shard = join_process_group()  # a single process outside torchrun
+    try:
+        _probe(shard, model_spec, weights, layers, images_dir, dataset, split, max_images, resize, on_bad, method,
+               patch, stride, noise, top_k, units, neuron, noise_inputs, threshold, engine, batch_size, device,
+               precision, seed, out_dir, overwrite, resume, progress)
+    finally:
+        shard.leave()
+
+
+def _probe(shard, model_spec, weights, layers, images_dir, dataset, split, max_images, resize, on_bad, method,
+           patch, stride, noise, top_k, units, neuron, noise_inputs, threshold, engine, batch_size, device,
+           precision, seed, out_dir, overwrite, resume, progress):
     from erf.models import load_model
 
     out = Path(out_dir)
@@ -122,6 +147,12 @@ def probe_command(model_spec, weights, layers, images_dir, dataset, split, max_i
     size = _ints(resize, "--resize", (1, 2))
     size = None if size is None else (size * 2 if len(size) == 1 else size)
     methods = ["occlusion", "gradient"] if method == "both" else [method]
+    shard.barrier()  # every rank has checked the output folder before any rank writes to it
+    if shard.world > 1 and device.startswith("cuda"):
+        import torch
+
+        device = f"cuda:{shard.local_rank}"
+        torch.cuda.set_device(device)
 
     loaded = load_model(model_spec, weights=weights)
     if images_dir is not None:
@@ -153,8 +184,10 @@ def probe_command(model_spec, weights, layers, images_dir, dataset, split, max_i
                     rows.append({**done.table_row(), "method": m, "mode": done.mode})
                     continue
             state = target / "state.npz"
-            if overwrite and state.exists():
-                state.unlink()
+            if overwrite and shard.main:  # every rank's state, from any number of processes
+                for old in [state, *target.glob("state.rank*of*.npz")]:
+                    old.unlink(missing_ok=True)
+            shard.barrier()
             target.mkdir(parents=True, exist_ok=True)
             chosen = _neuron(neuron, m)
             if m == "occlusion":
@@ -162,16 +195,25 @@ def probe_command(model_spec, weights, layers, images_dir, dataset, split, max_i
                     model, layer, images, patch=patch, stride=stride, noise=noise, seed=seed,
                     top_k=min(top_k, len(images)) if chosen is not None else top_k, units=units, neuron=chosen,
                     threshold=threshold, batch_size=batch_size, engine=engine, device=device,
-                    model_name=loaded.name, state_path=state, progress=progress)
+                    model_name=loaded.name, state_path=state, progress=progress and shard.main,
+                    precision=precision, rank=shard.rank, world_size=shard.world)
             else:
                 result = probe_gradient(
                     model, layer, images, position="center" if chosen in (None, "center") else None,
                     neuron=None if chosen in (None, "center") else chosen, noise_inputs=noise_inputs, seed=seed,
-                    threshold=threshold, batch_size=batch_size, device=device, model_name=loaded.name)
-            result.save(target)
-            if state.exists():
-                state.unlink()  # the result is complete; the accumulators are no longer needed
-            rows.append({**result.table_row(), "method": m, "mode": result.mode})
+                    threshold=threshold, batch_size=batch_size, device=device, model_name=loaded.name,
+                    rank=shard.rank, world_size=shard.world)
+            if shard.main:  # only rank 0 holds the merged result
+                result.save(target)
+                if result.config.get("bf16_drift") is not None:
+                    click.echo(f"{m} {layer}: bf16 drift from fp32 {result.config['bf16_drift']:.2e} "
+                               "(max |change| difference over max |change|, first batch of the first image)",
+                               err=True)
+                rows.append({**result.table_row(), "method": m, "mode": result.mode})
+            shard.barrier()  # the result is on disk before any rank drops its accumulators
+            rank_state_path(state, shard.rank, shard.world).unlink(missing_ok=True)
+    if not shard.main:
+        return
     with atomic_write(out / "table.json", "w") as f:
         json.dump({"model": loaded.name, "images": len(images), "rows": rows}, f, indent=1)
     _print_table(rows)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from erf.distributed import check_shard, gather_to_main, shard_indices
 from erf.graph import resolve_layer, truncate
 from erf.occlusion import _as_images, _center_unit, _check_finite, _fingerprint_model, _pair
 from erf.result import ERFResult, build_result, recenter, rf_to_dict
@@ -59,7 +60,9 @@ def probe_gradient(
     device: str | torch.device | None = None,
     rf=None,
     model_name: str | None = None,
-) -> ERFResult:
+    rank: int = 0,
+    world_size: int = 1,
+) -> ERFResult | None:
     """Gradient ERF of one output position or neuron of ``layer`` (Luo et al. 2016).
 
     Args:
@@ -79,10 +82,14 @@ def probe_gradient(
         device: where to run; default the first model's device.
         rf: the layer's ``erf.rf.LayerRF``; default computed with ``erf.rf.receptive_field``.
         model_name: a label for the model's identity in the result.
+        rank, world_size: this process's place under ``torch.distributed`` (torchrun): it back-propagates
+            from inputs ``rank, rank + world_size, ...``; rank 0 adds every rank's partial sums and divides
+            by the global input count (:mod:`erf.distributed`).
 
     Returns:
         :class:`erf.result.ERFResult` with ``maps`` (1, 2H, 2W): the mean of ``sum_rgb |grad|`` over
         inits x inputs, re-centred; ``image_maps`` (N, H, W) per real image (mean over inits), if any.
+        With ``world_size > 1`` only rank 0 gets the result; the other ranks get None.
 
     Example:
         >>> res = probe_gradient(lambda: torchvision.models.resnet18(), "layer2", noise_inputs=8,
@@ -98,6 +105,7 @@ def probe_gradient(
         raise ValueError(f"batch_size={batch_size!r}; expected an integer >= 1")
     if not 0.0 <= threshold < 1.0:
         raise ValueError(f"threshold={threshold!r}; expected a fraction of the max in [0, 1)")
+    check_shard(rank, world_size)
     if images is None:
         if noise_inputs == 0 or input_size is None:
             raise ValueError("no inputs: expected images, or noise_inputs > 0 with input_size=(H, W)")
@@ -111,6 +119,7 @@ def probe_gradient(
     gen = torch.Generator().manual_seed(seed)
     noise = torch.randn(noise_inputs, 3, H, W, generator=gen)  # (M, 3, H, W)
     inputs = torch.cat([real, noise])  # (N + M, 3, H, W): real images first
+    mine = torch.tensor(shard_indices(len(inputs), rank, world_size), dtype=torch.long)  # this rank's inputs
 
     models = _build_models(model, inits, seed)
     layer = resolve_layer(models[0], layer)
@@ -130,10 +139,12 @@ def probe_gradient(
     for m_i, net in enumerate(models):
         body = truncate(net, layer).to(device)
         fingerprints.append(_fingerprint_model(body))
-        for b0 in range(0, len(inputs), batch_size):
-            x = inputs[b0:b0 + batch_size].to(device).requires_grad_(True)  # (B, 3, H, W)
+        for b0 in range(0, len(mine), batch_size):
+            idx = mine[b0:b0 + batch_size]  # (B,): global input indices
+            x = inputs[idx].to(device).requires_grad_(True)  # (B, 3, H, W)
             out = body(x)  # (B, C, h, w)
-            _check_finite(out, layer, "input " + (names[b0] if b0 < N else f"noise #{b0 - N}"))
+            i0 = int(idx[0])
+            _check_finite(out, layer, "input " + (names[i0] if i0 < N else f"noise #{i0 - N}"))
             if target is None:
                 target = _target(neuron, position, tuple(out.shape[1:]), layer, rf, (H, W))
             c, y, xx = target
@@ -141,12 +152,19 @@ def probe_gradient(
             (grad,) = torch.autograd.grad(picked.sum(), x)  # samples are independent: one backward per batch
             contrib = grad.abs().sum(1).double().cpu()  # (B, H, W): summed over colour channels
             total += contrib.sum(0)
-            n_real = max(0, min(N - b0, len(x)))
-            if n_real:
-                per_image[b0:b0 + n_real] += contrib[:n_real]
+            is_real = idx < N  # (B,): real images come first in ``inputs``
+            if is_real.any():
+                per_image[idx[is_real]] += contrib[is_real]
                 if m_i == 0:
-                    values[b0:b0 + n_real] = picked[:n_real].detach().double().cpu()
+                    values[idx[is_real]] = picked[is_real.to(picked.device)].detach().double().cpu()
 
+    if world_size > 1:  # rank 0 adds the partial sums; each real image was on exactly one rank
+        parts = gather_to_main((total, per_image, values), rank, world_size)
+        if rank != 0:
+            return None
+        total = sum(p[0] for p in parts)
+        per_image = sum(p[1] for p in parts)
+        values = sum(p[2] for p in parts)
     mean_map = (total / (len(models) * len(inputs))).numpy().astype(np.float32)  # (H, W)
     c, y, xx = target
     center = rf.center(y, xx)

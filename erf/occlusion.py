@@ -26,6 +26,8 @@ the same interface.
 """
 from __future__ import annotations
 
+import contextlib
+import copy
 import hashlib
 import io
 import json
@@ -40,6 +42,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from erf.distributed import check_shard, gather_to_main, merge_disjoint, merge_topk, rank_state_path, shard_indices
 from erf.graph import resolve_layer, truncate
 from erf.incremental import IncrementalOcclusion
 from erf.result import ERFResult, build_result, recenter, rf_to_dict
@@ -48,6 +51,7 @@ from erf.util import atomic_write, unknown_name
 __all__ = [
     "NOISE_KINDS",
     "ENGINES",
+    "PRECISIONS",
     "occluder_positions",
     "occluder_centers",
     "make_patches",
@@ -58,6 +62,7 @@ __all__ = [
 
 NOISE_KINDS = ("uniform", "gaussian", "constant")
 ENGINES = ("auto", "full", "incremental")
+PRECISIONS = ("fp32", "bf16")
 _STATE_VERSION = 1
 
 
@@ -213,16 +218,18 @@ class FullReinference:
         torch.Size([8, 512, 14, 14])
     """
 
-    def __init__(self, body: nn.Module, image: torch.Tensor):
+    def __init__(self, body: nn.Module, image: torch.Tensor, *,
+                 memory_format: torch.memory_format = torch.contiguous_format):
         if image.dim() != 4 or image.shape[0] != 1:
             raise ValueError(f"image of shape {tuple(image.shape)}; expected (1, 3, H, W)")
         self.body = body
         self.image = image
+        self.memory_format = memory_format  # torch.channels_last on CUDA (erf.occlusion.probe_occlusion)
 
     @torch.inference_mode()
     def __call__(self, positions: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
         P, _, ph, pw = patches.shape
-        batch = self.image.expand(P, -1, -1, -1).clone()  # (P, 3, H, W): one copy per occluder
+        batch = self.image.expand(P, -1, -1, -1).clone(memory_format=self.memory_format)  # (P, 3, H, W)
         for p, (top, left) in enumerate(positions.tolist()):
             batch[p, :, top:top + ph, left:left + pw] = patches[p]
         return self.body(batch)  # (P, C, h, w)
@@ -239,11 +246,19 @@ def _resolve_engine(engine: str, body: nn.Module) -> str:
     return "incremental" if ok else "full"
 
 
-def _make_engine(engine: str, body: nn.Module, image: torch.Tensor):
+def _make_engine(engine: str, body: nn.Module, image: torch.Tensor,
+                 memory_format: torch.memory_format = torch.contiguous_format):
     """The single place an engine is built (``engine`` already resolved)."""
     if engine == "full":
-        return FullReinference(body, image)
+        return FullReinference(body, image, memory_format=memory_format)
     return IncrementalOcclusion(body, image)
+
+
+def _autocast(device: torch.device, precision: str):
+    """bf16 autocast for the occluded passes, or nothing for fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 # --------------------------------------------------------------------------- accumulators
@@ -417,7 +432,10 @@ def probe_occlusion(
     state_path: str | os.PathLike | None = None,
     on_image: Callable[[int, str], None] | None = None,
     progress: bool = False,
-) -> ERFResult:
+    precision: str = "fp32",
+    rank: int = 0,
+    world_size: int = 1,
+) -> ERFResult | None:
     """Empirical receptive fields of a layer's units by sliding-noise occlusion (Zhou et al. 2015).
 
     Args:
@@ -444,12 +462,24 @@ def probe_occlusion(
         model_name: a label for the model's identity in the result.
         state_path: file for resumable accumulators, saved atomically after every image; a rerun with the
             same settings skips the images already done. A state from other settings is refused.
-        on_image: called as ``on_image(done_count, name)`` after each image's state is saved.
+            With ``world_size > 1`` each rank keeps its own file (:func:`erf.distributed.rank_state_path`),
+            so a run resumes with the same number of processes.
+        on_image: called as ``on_image(done_count, name)`` after each image's state is saved
+            (``done_count`` counts this rank's images).
         progress: show a tqdm bar over occluder positions.
+        precision: ``"fp32"`` (default) or ``"bf16"``: the occluded passes (and the clean activation they
+            are compared with) run under bf16 autocast; the top-K selection stays fp32. The drift from
+            fp32 is measured on the first batch of the first image and stored as ``config["bf16_drift"]``:
+            ``max |d_bf16 - d_fp32| / max |d_fp32|`` over its discrepancies. On CUDA the model and the
+            occluded batches also run in ``torch.channels_last``.
+        rank, world_size: this process's place under ``torch.distributed`` (torchrun): it probes
+            ``images[rank::world_size]`` and rank 0 merges every rank's accumulators
+            (:mod:`erf.distributed`); the result equals a single-process run's.
 
     Returns:
         :class:`erf.result.ERFResult` with ``maps`` (U, 2H, 2W) (``mode="units"``), or for a neuron
-        ``maps`` (1, 2H, 2W) and ``image_maps`` (N, H, W) (``mode="neuron"``).
+        ``maps`` (1, 2H, 2W) and ``image_maps`` (N, H, W) (``mode="neuron"``). With ``world_size > 1``,
+        only rank 0 gets the result; the other ranks get None.
 
     Example:
         >>> res = probe_occlusion(torchvision.models.vgg16(), "features.29", imgs, top_k=2, units=[0, 5])
@@ -463,6 +493,9 @@ def probe_occlusion(
         raise unknown_name("noise kind", noise, NOISE_KINDS, show_all=True)
     if engine not in ENGINES:
         raise unknown_name("engine", engine, ENGINES, show_all=True)
+    if precision not in PRECISIONS:
+        raise unknown_name("precision", precision, PRECISIONS, show_all=True)
+    check_shard(rank, world_size)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r}; expected an integer >= 1")
     if not 0.0 <= threshold < 1.0:
@@ -479,6 +512,9 @@ def probe_occlusion(
         rf = receptive_field(model, layer, (H, W))
     body = truncate(model, layer).to(device)  # eval mode
     engine_used = _resolve_engine(engine, body)
+    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    # The occluded passes run on a channels_last copy on CUDA (the caller's model keeps its layout).
+    run_body = copy.deepcopy(body).to(memory_format=memory_format) if device.type == "cuda" else body
 
     with torch.inference_mode():
         probe_act = body(images[:1].to(device))  # (1, C, h, w)
@@ -510,13 +546,17 @@ def probe_occlusion(
         "neuron": None if neuron is None else list(neuron), "model": fingerprint,
         "images": _fingerprint_images(images, names),
     }
+    if precision != "fp32":  # keeps fp32 states written before precision existed valid
+        identity["precision"] = precision
+    if world_size > 1:
+        identity["shard"] = [rank, world_size]
     rank_of = {n: r for r, n in enumerate(sorted(names))}
 
     # Accumulators: a top-K buffer per unit, or one grid map per image for a single neuron.
     topk = _TopK(U, top_k if neuron is None else 1, (gh, gw))
     per_image: dict[str, tuple[float, np.ndarray]] = {}
     done: list[str] = []
-    state_path = None if state_path is None else Path(state_path)
+    state_path = None if state_path is None else rank_state_path(state_path, rank, world_size)
     if state_path is not None:
         loaded = _load_state(state_path, identity)
         if loaded is not None:
@@ -528,18 +568,11 @@ def probe_occlusion(
             else:
                 per_image = {n: (float(v), m) for n, v, m in zip(done, arrays["values"], arrays["maps"])}
 
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=(N - len(done)) * len(positions), unit="pos", desc=f"occlusion {layer}")
-    finished = set(done)
-    todo = [i for i, n in enumerate(names) if n not in finished]
-    for i in todo:
-        image = images[i:i + 1].to(device)  # (1, 3, H, W)
+    def clean_units(image: torch.Tensor, name: str):
+        """Each probed unit's clean fp32 activation (U,) and location, and the positions to run."""
         with torch.inference_mode():
             clean = body(image)[0]  # (C, h, w)
-        _check_finite(clean, layer, f"image {names[i]!r}")
+        _check_finite(clean, layer, f"image {name!r}")
         if neuron is None:
             flat = clean[unit_idx].reshape(U, -1)  # (U, h*w)
             where = flat.argmax(dim=1)  # (U,): each unit's strongest location (first one on ties)
@@ -553,10 +586,43 @@ def probe_occlusion(
         run = np.ones(gh * gw, dtype=bool)
         if skip:
             run = _needed(rf, starts_y, starts_x, (ph, pw), locations).ravel()  # (P,)
-        discrepancy = _sweep(
-            _make_engine(engine_used, body, image), image, positions, torch.from_numpy(np.nonzero(run)[0]),
-            unit_idx, loc_y, loc_x, values.float(), patch=(ph, pw), noise=noise, seed=seed,
-            batch_size=batch_size, what=f"an occluded copy of image {names[i]!r} at layer {layer!r}", bar=bar)
+        return values, loc_y, loc_x, locations, run
+
+    def discrepancy_of(image, name, values, loc_y, loc_x, run_idx, prec, bar=None) -> torch.Tensor:
+        """(U, P) discrepancies of the positions in ``run_idx`` at precision ``prec``."""
+        image = image.contiguous(memory_format=memory_format)  # (1, 3, H, W)
+        with _autocast(device, prec):
+            base = values
+            if prec != "fp32":  # compare with the clean activation at the same precision
+                with torch.inference_mode():
+                    base = run_body(image)[0][unit_idx, loc_y, loc_x]  # (U,)
+            return _sweep(
+                _make_engine(engine_used, run_body, image, memory_format), image, positions, run_idx,
+                unit_idx, loc_y, loc_x, base.float(), patch=(ph, pw), noise=noise, seed=seed,
+                batch_size=batch_size, what=f"an occluded copy of image {name!r} at layer {layer!r}", bar=bar)
+
+    bf16_drift = None
+    if precision != "fp32" and rank == 0:  # fp32 reference on the first batch of the first image
+        image = images[:1].to(device)  # (1, 3, H, W)
+        values, loc_y, loc_x, _, run = clean_units(image, names[0])
+        first = torch.from_numpy(np.nonzero(run)[0][:batch_size])  # (B,)
+        ref = discrepancy_of(image, names[0], values, loc_y, loc_x, first, "fp32")  # (U, P)
+        low = discrepancy_of(image, names[0], values, loc_y, loc_x, first, precision)  # (U, P)
+        err, scale = float((low - ref).abs().max()), float(ref.abs().max())
+        bf16_drift = err / scale if scale > 0 else err
+
+    finished = set(done)
+    todo = [i for i in shard_indices(N, rank, world_size) if names[i] not in finished]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(todo) * len(positions), unit="pos", desc=f"occlusion {layer}")
+    for i in todo:
+        image = images[i:i + 1].to(device)  # (1, 3, H, W)
+        values, loc_y, loc_x, locations, run = clean_units(image, names[i])
+        discrepancy = discrepancy_of(image, names[i], values, loc_y, loc_x,
+                                     torch.from_numpy(np.nonzero(run)[0]), precision, bar=bar)
         if bar is not None:
             bar.update(int((~run).sum()))
         maps = discrepancy.reshape(U, gh, gw).numpy()
@@ -577,6 +643,16 @@ def probe_occlusion(
             on_image(len(done), names[i])
     if bar is not None:
         bar.close()
+    if world_size > 1:  # rank 0 merges every rank's accumulators and alone builds the result
+        parts = gather_to_main(topk.arrays() if neuron is None else per_image, rank, world_size)
+        if rank != 0:
+            return None
+        if neuron is None:
+            merged = merge_topk(parts, topk.values.shape[1])
+            topk.values, topk.ranks = merged["values"], merged["ranks"]
+            topk.locations, topk.maps = merged["locations"], merged["maps"]
+        else:
+            per_image = merge_disjoint(parts)
 
     # Render grid maps on the image pixels, re-centre on each unit's TRF centre, average.
     cy, cx = occluder_centers((H, W), (ph, pw), (sh, sw))
@@ -627,6 +703,8 @@ def probe_occlusion(
         "batch_size": int(batch_size), "skip_outside_trf": bool(skip), "positions": int(gh * gw),
         "grid": [gh, gw], "device": str(device),
     }
+    if precision != "fp32":  # fp32 configs stay as they were
+        config.update(precision=precision, bf16_drift=bf16_drift)
     return build_result(
         method="occlusion", mode="units" if neuron is None else "neuron", layer=layer, image_size=(H, W),
         config=config, model={"name": model_name or type(model).__name__, "fingerprint": fingerprint,

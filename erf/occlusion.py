@@ -593,7 +593,7 @@ def probe_occlusion(
         image = image.contiguous(memory_format=memory_format)  # (1, 3, H, W)
         with _autocast(device, prec):
             base = values
-            if prec != "fp32":  # compare with the clean activation at the same precision
+            if prec != "fp32" or run_body is not body:  # the clean activation at the same precision and layout
                 with torch.inference_mode():
                     base = run_body(image)[0][unit_idx, loc_y, loc_x]  # (U,)
             return _sweep(

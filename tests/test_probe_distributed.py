@@ -18,7 +18,7 @@ from torch import nn
 
 from cli.probe import probe_command
 from erf.distributed import check_shard, merge_disjoint, merge_topk, rank_state_path, shard_indices
-from erf.occlusion import _TopK, probe_occlusion
+from erf.occlusion import FullReinference, _TopK, probe_occlusion
 from erf.result import ERFResult
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -129,6 +129,16 @@ def test_bf16_probe_stays_near_fp32_and_reports_its_drift(engine):
     np.testing.assert_array_equal(low.topk_images, ref.topk_images)  # the selection stays fp32
     np.testing.assert_array_equal(low.topk_values, ref.topk_values)
     np.testing.assert_allclose(low.maps, ref.maps, atol=0.05)  # maps are normalised to max 1 per image
+
+
+def test_full_reinference_in_channels_last_equals_the_default_layout():
+    # The CUDA path runs the occluded batch in channels_last; the layout must not change the values.
+    body, image = _tiny().eval(), torch.rand(1, 3, 12, 12, generator=torch.Generator().manual_seed(2))
+    positions, patches = torch.tensor([[0, 0], [4, 7]]), torch.rand(2, 3, 5, 5)
+    want = FullReinference(body, image)(positions, patches)  # (2, 4, 4, 4)
+    got = FullReinference(body, image, memory_format=torch.channels_last)(positions, patches)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(got, FullReinference(body, image)(positions.flip(0), patches))  # positions matter
 
 
 def test_unknown_precision_names_the_choices():

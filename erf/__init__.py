@@ -8,20 +8,23 @@ stored as :class:`erf.result.ERFResult`.
 """
 from erf.gradient import probe_gradient
 from erf.graph import TruncatedModel, layer_names, resolve_layer, truncate
+from erf.distributed import ProcessShard, join_process_group, shard_indices
 from erf.images import IMAGENET_MEAN, IMAGENET_STD, ImageSet, images_from_dataset, load_images
 from erf.incremental import IncrementalOcclusion, MacCount
 from erf.models import LoadedModel, load_model
-from erf.occlusion import FullReinference, make_patches, occluder_positions, probe_occlusion
+from erf.occlusion import ENGINES, NOISE_KINDS, PRECISIONS, FullReinference, make_patches, occluder_positions, probe_occlusion, select_units
 from erf.result import ERFResult
 from erf.rf import LayerRF, receptive_field, receptive_fields
-from erf.stats import ERFStats, erf_stats, fit_gaussian
+from erf.stats import ERFStats, GaussianFit, centered_square, erf_stats, fit_gaussian, threshold_area
 
 __all__ = [
     "LayerRF", "receptive_field", "receptive_fields",
     "layer_names", "resolve_layer", "truncate", "TruncatedModel",
     "LoadedModel", "load_model",
     "ImageSet", "load_images", "images_from_dataset", "IMAGENET_MEAN", "IMAGENET_STD",
-    "probe_occlusion", "occluder_positions", "make_patches", "FullReinference", "IncrementalOcclusion", "MacCount",
+    "probe_occlusion", "occluder_positions", "make_patches", "select_units", "FullReinference",
+    "IncrementalOcclusion", "MacCount", "ENGINES", "NOISE_KINDS", "PRECISIONS",
     "probe_gradient",
-    "ERFStats", "erf_stats", "fit_gaussian", "ERFResult",
+    "ProcessShard", "join_process_group", "shard_indices",
+    "ERFStats", "GaussianFit", "erf_stats", "fit_gaussian", "centered_square", "threshold_area", "ERFResult",
 ]

@@ -61,8 +61,11 @@ class ProcessShard:
             dist.destroy_process_group()
 
 
-def join_process_group() -> ProcessShard:
-    """Join torchrun's group (gloo) when ``WORLD_SIZE > 1`` and ``RANK`` are set; else a single process.
+def join_process_group(backend: str = "gloo") -> ProcessShard:
+    """Join torchrun's group when ``WORLD_SIZE > 1`` and ``RANK`` are set; else a single process.
+
+    The probe uses gloo (object collectives only, on the CPU whatever the device); training on
+    CUDA passes ``backend="nccl"``.
 
     Example:
         >>> join_process_group()  # outside torchrun
@@ -72,7 +75,7 @@ def join_process_group() -> ProcessShard:
     if dist.is_available() and dist.is_initialized():
         return ProcessShard(dist.get_rank(), dist.get_world_size(), local, owned=False)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ:
-        dist.init_process_group("gloo")  # object collectives only: the CPU backend whatever the device
+        dist.init_process_group(backend)
         return ProcessShard(dist.get_rank(), dist.get_world_size(), local, owned=True)
     return ProcessShard()
 

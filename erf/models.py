@@ -22,12 +22,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from erf.images import IMAGENET_MEAN, IMAGENET_STD
 from erf.util import did_you_mean, unknown_name
 
 __all__ = ["LoadedModel", "load_model", "IMAGENET_MEAN", "IMAGENET_STD"]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 _SEED = 0  # random init of torchvision models without weights
 _BUILDER = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 

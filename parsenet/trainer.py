@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
+from erf.distributed import ProcessShard, join_process_group
 from erf.util import atomic_write, did_you_mean
 from parsenet.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
 from parsenet.config import ParseNetConfig
@@ -392,36 +393,13 @@ def _parse_device(device: str) -> torch.device:
     return dev
 
 
-@dataclass
-class _Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    owned: bool = False  # we called init_process_group, so we tear it down
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            dist.barrier()
-
-
-def _setup_distributed(device: torch.device) -> tuple[_Dist, torch.device]:
-    """Join torchrun's process group when its environment is there; else a single process."""
-    if dist.is_available() and dist.is_initialized():
-        d = _Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)), owned=False)
-    elif int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ:
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend)
-        d = _Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)), owned=True)
-    else:
-        return _Dist(), device
-    if device.type == "cuda":
-        device = torch.device("cuda", d.local_rank)
+def _setup_distributed(device: torch.device) -> tuple[ProcessShard, torch.device]:
+    """Join torchrun's process group when its environment is there (NCCL on CUDA, gloo on CPU); else one process."""
+    shard = join_process_group("nccl" if device.type == "cuda" else "gloo")
+    if shard.world > 1 and device.type == "cuda":
+        device = torch.device("cuda", shard.local_rank)
         torch.cuda.set_device(device)
-    return d, device
+    return shard, device
 
 
 def _param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
@@ -532,11 +510,10 @@ def train(cfg: TrainConfig) -> dict:
     try:
         return _train(cfg, device, ddp, build_dataset, build_model)
     finally:
-        if ddp.owned:
-            dist.destroy_process_group()
+        ddp.leave()
 
 
-def _train(cfg: TrainConfig, device: torch.device, ddp: _Dist, build_dataset, build_model) -> dict:
+def _train(cfg: TrainConfig, device: torch.device, ddp: ProcessShard, build_dataset, build_model) -> dict:
     out = Path(cfg.out)
     last_path, best_path, log_path = out / "last.pt", out / "best.pt", out / "log.jsonl"
     if cfg.resume and not last_path.exists():

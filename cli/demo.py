@@ -15,7 +15,7 @@ __all__ = ["main"]
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--out", default="runs/demo", show_default=True, help="Experiment folder.")
 @click.option("--size", type=int, help="Scene side in pixels (default 96; 64 with --quick).")
-@click.option("--steps", type=int, help="SGD updates per model (default 1500; 8 with --quick).")
+@click.option("--steps", type=int, help="SGD updates per model (default 1000; 8 with --quick).")
 @click.option("--train-images", type=int, help="Training scenes (default 2000).")
 @click.option("--val-images", type=int, help="Validation scenes (default 200).")
 @click.option("--probe-images", type=int, help="Validation scenes probed per model and layer (default 12).")
@@ -39,7 +39,7 @@ def main(out, size, steps, train_images, val_images, probe_images, seed, quick, 
     exp = run_experiment(cfg, overwrite=overwrite, resume=resume, progress=not no_progress,
                          log=lambda m: click.echo(m, err=True))
     setup = (f"Built-in context scenes, {cfg.size} px, {cfg.train_images} training and {cfg.val_images} validation "
-             f"images. Compact DeepLab-LargeFOV VGG16 (width 1/8, BatchNorm), {cfg.steps} SGD steps each, seed "
+             f"images. Compact DeepLab-LargeFOV VGG16 (width 1/8, BatchNorm), {cfg.steps} SGD steps of 16 images each, seed "
              f"{cfg.seed}. Probes on {cfg.probe_images} validation scenes: occlusion with an {cfg.patch}x{cfg.patch} "
              f"uniform-noise patch on a stride-{cfg.stride} grid (top {cfg.top_k} images per unit), gradient from "
              "the centre position.")

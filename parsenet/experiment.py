@@ -64,7 +64,7 @@ class DemoConfig:
     size: int = 96
     train_images: int = 2000
     val_images: int = 200
-    steps: int = 1500
+    steps: int = 1000
     probe_images: int = 12
     layers: tuple[str, ...] = ("conv5_3", "fc7", "score")
     top_k: int = 5
@@ -81,7 +81,9 @@ class DemoConfig:
         return cls(**{**base, **kwargs})
 
     def dataset_options(self) -> dict:
-        return {"size": self.size, "num_images": {"train": self.train_images, "val": self.val_images}}
+        """The ``demo`` preset's scene options at this config's size and image counts."""
+        return {**preset("demo")["dataset_options"], "size": self.size,
+                "num_images": {"train": self.train_images, "val": self.val_images}}
 
 
 def train_config(cfg: DemoConfig, name: str, *, progress: bool = True) -> TrainConfig:

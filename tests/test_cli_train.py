@@ -69,7 +69,8 @@ def test_options_merge_preset_then_toml_then_command_line(tmp_path):
     assert cfg["steps"] == 1  # command line beats TOML
     assert cfg["lr"] == 0.02 and cfg["model"]["width"] == 0.0625  # TOML beats preset
     assert cfg["model"]["batch_norm"] is True and cfg["weight_decay"] == 5e-4  # from the preset
-    assert cfg["dataset_options"] == {"size": 32, "num_images": 4}
+    # dataset options merge key by key: TOML's size and count over the preset's object size
+    assert cfg["dataset_options"] == {"size": 32, "num_images": 4, "object_size": [0.18, 0.30]}
 
 
 def test_resume_needs_only_the_run_folder_and_refuses_another_model(tmp_path):

@@ -95,7 +95,8 @@ def fig_feature_scale(
     ax.set_title(title or "Feature scale per layer")
     ax.grid(axis="y", which="major", linewidth=0.4, alpha=0.5)
     handles = [Patch(facecolor=c, edgecolor="black", linewidth=0.6, label=text) for _, text, c, _ in series]
-    ax.legend(handles=handles, loc="best", frameon=False)
+    # Below the axes: inside, "best" still lands on boxes when the layers' scales overlap.
+    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False)
     return fig
 
 

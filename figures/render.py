@@ -202,6 +202,8 @@ def make_figures(results: Mapping[str, ERFResult], runs: Mapping[str, Path], *,
             trf_box=None if any(r.trf.get("is_global") for r in models.values())
             else _shift_box(_canvas_trf_box(first), first),
             threshold=float(first.config.get("threshold", 0.5)),
+            colorbar_label=("|d out / d input| (shared scale)" if method == "gradient"
+                            else "discrepancy |Δ| (shared scale)"),
             title=f"{layer}, {method} ERF")
 
     for (layer, method), models in by_layer.items():

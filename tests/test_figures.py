@@ -352,7 +352,7 @@ def test_feature_scale_log_boxes_and_legend():
     (ax,) = fig.axes
     assert ax.get_yscale() == "log"
     assert [t.get_text() for t in ax.get_xticklabels()] == ["conv4_3", "conv5_3", "fc7", "pool6"]
-    assert _legend_texts(ax.get_legend()) == ["before L2 norm", "after L2 norm + scale"]
+    assert _legend_texts(fig.legends[0]) == ["before L2 norm", "after L2 norm + scale"]
     assert len([p for p in ax.patches]) == 8  # one box per layer and series
     assert ax.get_xlabel() == "layer"
 
@@ -361,7 +361,7 @@ def test_feature_scale_notes_dropped_values_and_handles_before_only():
     fig = fig_feature_scale({"fc7": np.array([0.0, 1.0, np.nan, 2.0]), "pool6": np.zeros(3)})
     (ax,) = fig.axes
     assert "(5 zero or non-finite values not shown)" in ax.get_xlabel()  # 0 and NaN in fc7, 3 zeros in pool6
-    assert _legend_texts(ax.get_legend()) == ["before L2 norm"]
+    assert _legend_texts(fig.legends[0]) == ["before L2 norm"]
 
 
 def test_feature_scale_rejects_unknown_layer_in_after():

@@ -25,3 +25,13 @@ def camvid_root() -> Path:
     if not (CAMVID / "train").is_dir():
         pytest.skip(f"CamVid not found at {CAMVID} (set ERF_CAMVID or put ../shared/data/camvid beside the repo)")
     return CAMVID
+
+
+def assert_one_line_error(result, *fragments):
+    """A click result that failed with exactly one line on stderr, holding every fragment, and no traceback."""
+    assert result.exit_code != 0, result.output
+    assert "Traceback" not in result.output
+    err = result.stderr.strip()
+    assert len(err.splitlines()) == 1, err
+    for fragment in fragments:
+        assert fragment in err, err

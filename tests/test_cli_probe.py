@@ -7,6 +7,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from cli.probe import probe_command
+from conftest import assert_one_line_error
 from erf.result import ERFResult
 
 skdata = pytest.importorskip("skimage.data")
@@ -39,15 +40,6 @@ def run(args):
 def base(images, out, *extra):
     return ["tinynets_probe:tiny", "--layer", "3", "--images", images, "--patch", 5, "--stride", 3, "--top-k", 2,
             "--no-progress", "--out", out, *extra]
-
-
-def assert_one_line_error(result, *fragments):
-    assert result.exit_code != 0, result.output
-    assert "Traceback" not in result.output
-    err = result.stderr.strip()
-    assert len(err.splitlines()) == 1, err
-    for fragment in fragments:
-        assert fragment in err, err
 
 
 def test_occlusion_round_trip_and_table(setup):

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from cli.train import eval_command, train_command
+from conftest import assert_one_line_error
 from parsenet.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,15 +25,6 @@ TINY = ["--dataset", "scenes", "--dataset-option", "size=32", "--dataset-option"
 
 def run(command, args):
     return CliRunner().invoke(command, [str(a) for a in args])
-
-
-def assert_one_line_error(result, *fragments):
-    assert result.exit_code != 0, result.output
-    assert "Traceback" not in result.output
-    err = result.stderr.strip()
-    assert len(err.splitlines()) == 1, err
-    for fragment in fragments:
-        assert fragment in err, err
 
 
 def test_train_then_eval(tmp_path):

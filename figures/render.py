@@ -135,6 +135,13 @@ def _main_stats(result: ERFResult) -> Mapping:
     return result.layer_stats if result.mode == "units" else result.unit_stats[0]
 
 
+def _method_stats(result: ERFResult) -> dict[str, float]:
+    """Side of the thresholded ERF and the geometric mean of the Gaussian fit's sigmas (NaN when missing)."""
+    s = _main_stats(result)
+    sigma_y, sigma_x = (float("nan") if s.get(k) is None else float(s[k]) for k in ("sigma_y", "sigma_x"))
+    return {"side (px)": _side(s), "sigma (px)": float(np.sqrt(sigma_y * sigma_x))}
+
+
 def _read_log(run: Path) -> dict[str, list[float]]:
     curve: dict[str, list[float]] = {"step": [], "loss": [], "eval_step": [], "miou": []}
     for line in (run / "log.jsonl").read_text().splitlines():
@@ -214,13 +221,9 @@ def make_figures(results: Mapping[str, ERFResult], runs: Mapping[str, Path], *,
             if grad is None or tuple(grad.image_size) != tuple(occ.image_size):
                 continue
 
-            def stats(r):
-                s = _main_stats(r)
-                return {"side (px)": _side(s), "sigma (px)": float(np.nan_to_num(
-                    np.sqrt((s.get("sigma_y") or np.nan) * (s.get("sigma_x") or np.nan)), nan=np.nan))}
-
             figs[f"methods_{_slug(model)}_{_slug(layer)}"] = fig_methods(
-                _crop_to_image(_main_map(occ), occ), _crop_to_image(_main_map(grad), grad), stats(occ), stats(grad),
+                _crop_to_image(_main_map(occ), occ), _crop_to_image(_main_map(grad), grad),
+                _method_stats(occ), _method_stats(grad),
                 trf_box=_shift_box(_canvas_trf_box(occ), occ), title=f"{model} {layer}: occlusion vs gradient ERF")
 
     if runs:

@@ -32,7 +32,8 @@ from cli._common import friendly_errors
 from erf.distributed import join_process_group, rank_state_path
 from erf.gradient import probe_gradient
 from erf.images import images_from_dataset, load_images
-from erf.occlusion import ENGINES, NOISE_KINDS, PRECISIONS, probe_occlusion
+from erf.graph import layer_channels
+from erf.occlusion import ENGINES, NOISE_KINDS, PRECISIONS, probe_occlusion, select_units
 from erf.result import ERFResult
 from erf.util import atomic_write
 
@@ -169,6 +170,8 @@ def _probe(shard, model_spec, weights, layers, images_dir, dataset, split, max_i
         images = images_from_dataset(build_dataset(dataset, split, train=False), limit=max_images, resize=size,
                                      prefix=split)
     model = loaded.model.to(device)
+    for layer in layers:  # every layer's name and --units, before the first (long) probe starts
+        select_units(units, layer_channels(model, layer, images.images[:1].to(device)), seed=seed)
 
     rows = []
     for layer in layers:

@@ -7,7 +7,7 @@ Luo et al. 2016 (:mod:`erf.gradient`), summarised by :mod:`erf.stats` and
 stored as :class:`erf.result.ERFResult`.
 """
 from erf.gradient import probe_gradient
-from erf.graph import TruncatedModel, layer_names, resolve_layer, truncate
+from erf.graph import TruncatedModel, layer_channels, layer_names, resolve_layer, truncate
 from erf.distributed import ProcessShard, join_process_group, shard_indices
 from erf.images import IMAGENET_MEAN, IMAGENET_STD, ImageSet, images_from_dataset, load_images
 from erf.incremental import IncrementalOcclusion, MacCount
@@ -19,7 +19,7 @@ from erf.stats import ERFStats, GaussianFit, centered_square, erf_stats, fit_gau
 
 __all__ = [
     "LayerRF", "receptive_field", "receptive_fields",
-    "layer_names", "resolve_layer", "truncate", "TruncatedModel",
+    "layer_names", "resolve_layer", "truncate", "TruncatedModel", "layer_channels",
     "LoadedModel", "load_model",
     "ImageSet", "load_images", "images_from_dataset", "IMAGENET_MEAN", "IMAGENET_STD",
     "probe_occlusion", "occluder_positions", "make_patches", "select_units", "FullReinference",

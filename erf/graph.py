@@ -14,7 +14,7 @@ from torch import nn
 
 from erf.util import unknown_name
 
-__all__ = ["layer_names", "resolve_layer", "truncate", "TruncatedModel"]
+__all__ = ["layer_names", "resolve_layer", "truncate", "TruncatedModel", "layer_channels"]
 
 
 def _graph_node_names(model: nn.Module) -> list[str]:
@@ -116,3 +116,9 @@ def truncate(model: nn.Module, layer: str) -> TruncatedModel:
         torch.Size([1, 512, 14, 14])
     """
     return TruncatedModel(model, layer).eval()
+
+
+def layer_channels(model: nn.Module, layer: str, image: torch.Tensor) -> int:
+    """Number of channels of ``layer``'s output on ``image`` (1, 3, H, W): one clean forward pass up to it."""
+    with torch.inference_mode():
+        return int(truncate(model, layer)(image).shape[1])

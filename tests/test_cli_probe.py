@@ -19,6 +19,10 @@ from torch import nn
 def tiny():
     torch.manual_seed(0)
     return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3, stride=2), nn.ReLU())
+
+def narrowing():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 2, 3), nn.ReLU())
 """
 
 
@@ -156,3 +160,14 @@ def test_dataset_source(setup):
     assert result.exit_code == 0, result.output
     res = ERFResult.load(tmp / "out" / "occlusion-3")
     assert res.images == ["val_00000", "val_00001"] and len(res.units) == 1
+
+
+def test_units_checked_for_every_layer_before_probing(setup):
+    tmp, images = setup
+    out = tmp / "units"
+    # 4-random fits layer "1" (8 channels) but not layer "3" (2 channels), which comes second:
+    # the error must come before the first layer's probe writes anything.
+    result = run(["tinynets_probe:narrowing", "--layer", "1", "--layer", "3", "--images", images,
+                  "--units", "4-random", "--no-progress", "--out", out])
+    assert_one_line_error(result, "4-random", "1 <= N <= 2")
+    assert not list(out.glob("*/result.npz"))

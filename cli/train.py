@@ -57,6 +57,17 @@ def _read_toml(path: str) -> dict:
         raise ValueError(f"config file {path!r} is not valid TOML: {exc}") from None
 
 
+def _dataset_options(items) -> dict:
+    """``--dataset-option KEY=VALUE`` pairs as a dict, each value parsed as a TOML value when it is one."""
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--dataset-option")
+        options[key.strip()] = _parse_value(value.strip())
+    return options
+
+
 @click.command("erf-train", context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.option("--preset", "preset_name", help=f"start from a named preset: {', '.join(PRESETS)}")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False),
@@ -115,13 +126,7 @@ def train_command(preset_name, config_file, dataset_option, resume, **options):
     if model:
         explicit["model"] = model
     if dataset_option:
-        pairs = {}
-        for item in dataset_option:
-            key, sep, value = item.partition("=")
-            if not sep or not key:
-                raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--dataset-option")
-            pairs[key.strip()] = _parse_value(value.strip())
-        explicit["dataset_options"] = pairs
+        explicit["dataset_options"] = _dataset_options(dataset_option)
 
     layers = []
     if resume:
@@ -154,14 +159,7 @@ def train_command(preset_name, config_file, dataset_option, resume, **options):
 @friendly_errors
 def eval_command(checkpoint, dataset, dataset_option, split, batch_size, device, workers, as_json):
     """Evaluate CHECKPOINT on a dataset split and print the metric table."""
-    options = None
-    if dataset_option:
-        options = {}
-        for item in dataset_option:
-            key, sep, value = item.partition("=")
-            if not sep or not key:
-                raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--dataset-option")
-            options[key.strip()] = _parse_value(value.strip())
+    options = _dataset_options(dataset_option) if dataset_option else None
     metrics, classes = evaluate_checkpoint(checkpoint, dataset, split, dataset_options=options,
                                            batch_size=batch_size, device=device, workers=workers,
                                            progress=sys.stderr.isatty())

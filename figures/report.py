@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -113,7 +114,7 @@ def write_report(out: str | Path, *, summaries: Mapping[str, Mapping], erf_table
         rel = Path(path).relative_to(out) if Path(path).is_relative_to(out) else Path(path)
         md += [f"### {caption}", "", f"![{caption}]({rel.as_posix()})", ""]
 
-    body = [f"<h1>With and without global context: ERF and segmentation</h1>", "<h2>The question</h2>",
+    body = ["<h1>With and without global context: ERF and segmentation</h1>", "<h2>The question</h2>",
             f"<p>{html.escape(QUESTION)}</p>"]
     if setup:
         body += ["<h2>Set-up</h2>", f"<p>{html.escape(setup)}</p>"]
@@ -170,8 +171,6 @@ def build_report(out: str | Path, results: Mapping, runs: Mapping[str, Path], *,
     Returns:
         ``(report.md, report.html, figure paths)``.
     """
-    import json
-
     from figures.render import make_figures, save_figures
 
     out = Path(out)

@@ -131,7 +131,7 @@ def _strongest_center_channel(model, layer: str, images: torch.Tensor) -> int:
     return int(act[:, :, h // 2, w // 2].mean(0).argmax())
 
 
-def _probe(path: Path, run, *, progress: bool, finish=None) -> ERFResult:
+def _probe(path: Path, run, *, finish=None) -> ERFResult:
     """Load the finished result in ``path``, or run the probe (resumable through its state file) and save it."""
     if (path / "summary.json").exists():
         return ERFResult.load(path)
@@ -194,7 +194,7 @@ def run_experiment(cfg: DemoConfig, *, overwrite: bool = False, resume: bool = F
     common = dict(names=names, batch_size=cfg.batch_size)
     results: dict[tuple[str, str, str], ERFResult] = {}
     for name, run in runs.items():
-        model, meta = load_model_from_checkpoint(run / "best.pt")
+        model, _ = load_model_from_checkpoint(run / "best.pt")
         label = f"{name} ({run / 'best.pt'})"
         for layer in cfg.layers:
             log(f"[demo] probing {name} {layer}: occlusion over {len(images)} images, then gradient")
@@ -202,13 +202,11 @@ def run_experiment(cfg: DemoConfig, *, overwrite: bool = False, resume: bool = F
                 result_dir(out, name, layer, "occlusion"),
                 lambda state: probe_occlusion(model, layer, images, patch=cfg.patch, stride=cfg.stride,
                                               seed=cfg.seed, top_k=min(cfg.top_k, len(images)),
-                                              model_name=label, state_path=state, progress=progress, **common),
-                progress=progress)
+                                              model_name=label, state_path=state, progress=progress, **common))
             results[name, layer, "gradient"] = _probe(
                 result_dir(out, name, layer, "gradient"),
                 lambda state: probe_gradient(model, layer, images, position="center", seed=cfg.seed,
-                                             model_name=label, **common),
-                progress=progress)
+                                             model_name=label, **common))
         channel = _strongest_center_channel(model, "fc7", images)
         log(f"[demo] probing {name} fc7 neuron (channel {channel}, centre unit) on every image")
         results[name, "fc7", "neuron"] = _probe(
@@ -216,5 +214,5 @@ def run_experiment(cfg: DemoConfig, *, overwrite: bool = False, resume: bool = F
             lambda state: probe_occlusion(model, "fc7", images, patch=cfg.patch, stride=cfg.stride, seed=cfg.seed,
                                           neuron=(channel, "center"), model_name=label, state_path=state,
                                           progress=progress, **common),
-            progress=progress, finish=add_display(model, "fc7"))
+            finish=add_display(model, "fc7"))
     return {"runs": runs, "results": results, "images": names}

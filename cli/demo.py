@@ -5,14 +5,14 @@ import time
 
 import click
 
-from cli._common import friendly_errors
+from cli._common import command, friendly_errors
 from figures.report import build_report
 from parsenet.experiment import DemoConfig, run_experiment
 
 __all__ = ["main"]
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@command("erf-demo")
 @click.option("--out", default="runs/demo", show_default=True, help="Experiment folder.")
 @click.option("--size", type=int, help="Scene side in pixels (default 96; 64 with --quick).")
 @click.option("--steps", type=int, help="SGD updates per model (default 1000; 8 with --quick).")

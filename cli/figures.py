@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import click
 
-from cli._common import friendly_errors
+from cli._common import command, friendly_errors
 from figures.render import FORMATS, render
 
 __all__ = ["main"]
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@command("erf-figures")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path())
 @click.option("--out", required=True, type=click.Path(), help="Folder for the figure files.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="png", show_default=True)

@@ -22,20 +22,14 @@ Each rank keeps its own resume state (``state.rank{r}of{w}.npz``), so
 """
 from __future__ import annotations
 
-import json
-import math
-from pathlib import Path
-
 import click
 
-from cli._common import friendly_errors
-from erf.distributed import join_process_group, rank_state_path
-from erf.gradient import probe_gradient
-from erf.images import images_from_dataset, load_images
-from erf.graph import layer_channels
-from erf.occlusion import ENGINES, NOISE_KINDS, PRECISIONS, probe_occlusion, select_units
-from erf.result import ERFResult
-from erf.util import atomic_write
+from cli._common import FOLDER, PATH, check_resume_flags, command, friendly_errors
+from erf.distributed import join_process_group
+from erf.images import MAX_PIXELS, images_from_dataset, load_images
+from erf.models import load_model
+from erf.occlusion import ENGINES, NOISE_KINDS, PRECISIONS
+from erf.runner import ProbeSettings, format_table, run_probe
 
 __all__ = ["probe_command", "main"]
 
@@ -64,34 +58,19 @@ def _neuron(text: str | None, method: str):
         return "center"
     if len(parts) == 2 and parts[1] == "center" and parts[0].isdigit():
         return int(parts[0]), "center"
-    values = _ints(text, "--neuron", (3,))
-    return values
+    return _ints(text, "--neuron", (3,))
 
 
-def _print_table(rows: list[dict]) -> None:
-    def fmt(v, spec):
-        return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
-
-    header = f"{'layer':<18} {'method':<10} {'mode':<8} {'units':>5} {'TRF side':>9} {'ERF side':>15} " \
-             f"{'ERF/TRF':>8} {'ERF/image':>9}"
-    click.echo(header)
-    click.echo("-" * len(header))
-    for r in rows:
-        side = f"{fmt(r['erf_side'], '.1f')} ± {fmt(r['erf_side_std'], '.1f')}"
-        click.echo(f"{r['layer']:<18} {r['method']:<10} {r['mode']:<8} {r['units']:>5} {fmt(r['trf_side'], '.1f'):>9} "
-                   f"{side:>15} {fmt(r['erf_over_trf'], '.3f'):>8} {fmt(r['erf_over_image'], '.4f'):>9}")
-    click.echo("sides in input pixels: TRF is the theoretical RF, ERF the side of the square of equal area to the "
-               "region above the threshold, mean ± std over units; ERF/image is that area over the image area")
-
-
-@click.command("erf-probe", context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@command("erf-probe", show_default=True)
 @click.argument("model_spec", metavar="MODEL")
 @click.option("--weights", help="torchvision weights name or a local state-dict file (torchvision names and builders)")
 @click.option("--layer", "layers", multiple=True, required=True, help="layer to probe (module path or fx node); repeatable")
-@click.option("--images", "images_dir", type=click.Path(), help="folder of PNG/JPEG images")
+@click.option("--images", "images_dir", type=PATH, help="folder of PNG/JPEG images")
 @click.option("--dataset", help="dataset spec instead of --images: scenes, camvid:PATH, voc:PATH, ...")
 @click.option("--split", default="val", help="dataset split for --dataset")
-@click.option("--max-images", type=int, help="probe only the first N images")
+@click.option("--max-images", type=click.IntRange(min=1), help="probe only the first N images")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=MAX_PIXELS,
+              help="refuse larger images before decoding them")
 @click.option("--resize", help="resize every image to H,W (or S for S,S); without it, sizes must agree")
 @click.option("--on-bad", type=click.Choice(["skip", "error"]), default="skip",
               help="a non-image file in the images folder: skip it with a warning, or stop")
@@ -106,121 +85,47 @@ def _print_table(rows: list[dict]) -> None:
 @click.option("--threshold", type=float, default=0.5, help="ERF size: pixels above this fraction of the max")
 @click.option("--engine", type=click.Choice(ENGINES), default="auto", help="occlusion forward passes")
 @click.option("--batch-size", type=int, default=32, help="occluded copies (or gradient inputs) per pass")
-@click.option("--device", default="cpu", help="cpu or cuda (under torchrun: cuda:LOCAL_RANK)")
+@click.option("--device", default="cpu", help="cpu, cuda or cuda:N (under torchrun: cuda:LOCAL_RANK)")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32",
               help="occlusion forward passes; bf16 reports its drift from fp32 (gradient runs in fp32)")
 @click.option("--seed", type=int, default=0, help="occluder noise, N-random units, noise inputs")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="output folder")
+@click.option("--out", "out_dir", required=True, type=FOLDER, help="output folder")
 @click.option("--overwrite", is_flag=True, help="replace the results in an existing output folder")
 @click.option("--resume", is_flag=True, help="continue an interrupted run in the output folder")
 @click.option("--progress/--no-progress", default=True, help="progress bar on stderr")
 @friendly_errors
-def probe_command(model_spec, weights, layers, images_dir, dataset, split, max_images, resize, on_bad, method, patch,
-                  stride, noise, top_k, units, neuron, noise_inputs, threshold, engine, batch_size, device,
-                  precision, seed, out_dir, overwrite, resume, progress):
+def probe_command(model_spec, weights, layers, images_dir, dataset, split, max_images, max_pixels, resize, on_bad,
+                  method, out_dir, overwrite, resume, progress, **options):
     """Probe the empirical receptive fields of MODEL's layers and print TRF against ERF per layer.
 
     MODEL is a torchvision model name (random init unless --weights), module:function
     returning an nn.Module, or a checkpoint written by erf-train.
     """
-    shard = join_process_group()  # a single process outside torchrun
-    try:
-        _probe(shard, model_spec, weights, layers, images_dir, dataset, split, max_images, resize, on_bad, method,
-               patch, stride, noise, top_k, units, neuron, noise_inputs, threshold, engine, batch_size, device,
-               precision, seed, out_dir, overwrite, resume, progress)
-    finally:
-        shard.leave()
-
-
-def _probe(shard, model_spec, weights, layers, images_dir, dataset, split, max_images, resize, on_bad, method,
-           patch, stride, noise, top_k, units, neuron, noise_inputs, threshold, engine, batch_size, device,
-           precision, seed, out_dir, overwrite, resume, progress):
-    from erf.models import load_model
-
-    out = Path(out_dir)
-    if overwrite and resume:
-        raise click.UsageError("--overwrite and --resume exclude each other; pick one")
-    if out.exists() and any(out.iterdir()) and not (overwrite or resume):
-        raise FileExistsError(f"output folder {str(out)!r} exists and is not empty; pass --overwrite to replace "
-                              "its results or --resume to continue")
+    check_resume_flags(overwrite, resume)
     if (images_dir is None) == (dataset is None):
         raise click.UsageError("give exactly one of --images DIR and --dataset SPEC")
     size = _ints(resize, "--resize", (1, 2))
     size = None if size is None else (size * 2 if len(size) == 1 else size)
-    methods = ["occlusion", "gradient"] if method == "both" else [method]
-    shard.barrier()  # every rank has checked the output folder before any rank writes to it
-    if shard.world > 1 and device.startswith("cuda"):
-        import torch
-
-        device = f"cuda:{shard.local_rank}"
-        torch.cuda.set_device(device)
-
+    settings = ProbeSettings(**{**options, "neuron": _neuron(options["neuron"], method)})
     loaded = load_model(model_spec, weights=weights)
     if images_dir is not None:
-        images = load_images(images_dir, resize=size, mean=loaded.mean, std=loaded.std, on_bad=on_bad)
-        if max_images is not None:
-            from erf.images import ImageSet
-
-            if max_images < 1:
-                raise ValueError(f"--max-images {max_images}; expected a positive number")
-            images = ImageSet(images.images[:max_images], images.names[:max_images], images.mean, images.std)
+        images = load_images(images_dir, resize=size, mean=loaded.mean, std=loaded.std, on_bad=on_bad,
+                             limit=max_images, max_pixels=max_pixels)
     else:
         from parsenet.data import build_dataset
 
         images = images_from_dataset(build_dataset(dataset, split, train=False), limit=max_images, resize=size,
                                      prefix=split)
-    model = loaded.model.to(device)
-    for layer in layers:  # every layer's name and --units, before the first (long) probe starts
-        select_units(units, layer_channels(model, layer, images.images[:1].to(device)), seed=seed)
-
-    rows = []
-    for layer in layers:
-        for m in methods:
-            target = out / f"{m}-{layer}"
-            if resume:
-                try:
-                    done = ERFResult.load(target)
-                except (ValueError, FileNotFoundError):
-                    done = None
-                if done is not None:
-                    click.echo(f"{m} {layer}: already done in {target}, kept", err=True)
-                    rows.append({**done.table_row(), "method": m, "mode": done.mode})
-                    continue
-            state = target / "state.npz"
-            if overwrite and shard.main:  # every rank's state, from any number of processes
-                for old in [state, *target.glob("state.rank*of*.npz")]:
-                    old.unlink(missing_ok=True)
-            shard.barrier()
-            target.mkdir(parents=True, exist_ok=True)
-            chosen = _neuron(neuron, m)
-            if m == "occlusion":
-                result = probe_occlusion(
-                    model, layer, images, patch=patch, stride=stride, noise=noise, seed=seed,
-                    top_k=min(top_k, len(images)) if chosen is not None else top_k, units=units, neuron=chosen,
-                    threshold=threshold, batch_size=batch_size, engine=engine, device=device,
-                    model_name=loaded.name, state_path=state, progress=progress and shard.main,
-                    precision=precision, rank=shard.rank, world_size=shard.world)
-            else:
-                result = probe_gradient(
-                    model, layer, images, position="center" if chosen in (None, "center") else None,
-                    neuron=None if chosen in (None, "center") else chosen, noise_inputs=noise_inputs, seed=seed,
-                    threshold=threshold, batch_size=batch_size, device=device, model_name=loaded.name,
-                    rank=shard.rank, world_size=shard.world)
-            if shard.main:  # only rank 0 holds the merged result
-                result.save(target)
-                if result.config.get("bf16_drift") is not None:
-                    click.echo(f"{m} {layer}: bf16 drift from fp32 {result.config['bf16_drift']:.2e} "
-                               "(max |change| difference over max |change|, first batch of the first image)",
-                               err=True)
-                rows.append({**result.table_row(), "method": m, "mode": result.mode})
-            shard.barrier()  # the result is on disk before any rank drops its accumulators
-            rank_state_path(state, shard.rank, shard.world).unlink(missing_ok=True)
-    if not shard.main:
-        return
-    with atomic_write(out / "table.json", "w") as f:
-        json.dump({"model": loaded.name, "images": len(images), "rows": rows}, f, indent=1)
-    _print_table(rows)
-    click.echo(f"results in {out}")
+    shard = join_process_group()  # a single process outside torchrun
+    try:
+        rows = run_probe(loaded.model, images, layers, out=out_dir, settings=settings, model_name=loaded.name,
+                         methods=["occlusion", "gradient"] if method == "both" else [method], overwrite=overwrite,
+                         resume=resume, progress=progress, shard=shard, log=lambda m: click.echo(m, err=True))
+    finally:
+        shard.leave()
+    if shard.main:
+        click.echo(format_table(rows))
+        click.echo(f"results in {out_dir}")
 
 
 main = probe_command

@@ -11,7 +11,7 @@ import re
 
 import click
 
-from cli._common import friendly_errors
+from cli._common import command, friendly_errors
 from erf.models import load_model
 from erf.rf import LayerRF, receptive_fields
 
@@ -62,7 +62,7 @@ def to_json(model: str, input_size: tuple[int, int], rfs: dict[str, LayerRF]) ->
     return json.dumps({"model": model, "input_size": list(input_size), "layers": layers}, indent=1)
 
 
-@click.command("erf-rf", context_settings={"help_option_names": ["-h", "--help"]})
+@command("erf-rf")
 @click.argument("model")
 @click.option("--input-size", "input_size", default=None, metavar="N|HxW",
               help="input size in pixels [default: the model's natural size, else 224]")

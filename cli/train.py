@@ -20,7 +20,7 @@ from pathlib import Path
 
 import click
 
-from cli._common import friendly_errors
+from cli._common import command, friendly_errors
 from parsenet.metrics import metrics_table
 from parsenet.presets import PRESETS, merge_options, preset
 from parsenet.trainer import TrainConfig, evaluate_checkpoint, load_run_config, train
@@ -68,7 +68,7 @@ def _dataset_options(items) -> dict:
     return options
 
 
-@click.command("erf-train", context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@command("erf-train", show_default=True)
 @click.option("--preset", "preset_name", help=f"start from a named preset: {', '.join(PRESETS)}")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False),
               help="TOML file of TrainConfig options ([model] and [dataset_options] tables)")
@@ -147,7 +147,7 @@ def train_command(preset_name, config_file, dataset_option, resume, **options):
                    f"last {_pct(last['metrics']['mean_iou']) if last else 'n/a'}; run folder {out}")
 
 
-@click.command("erf-eval", context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@command("erf-eval", show_default=True)
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
 @click.option("--dataset", help="dataset spec (default: the one the checkpoint was trained on)")
 @click.option("--dataset-option", "dataset_option", multiple=True, metavar="KEY=VALUE", help="dataset keyword option")

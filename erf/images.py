@@ -15,12 +15,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "IMAGE_SUFFIXES", "ImageSet", "load_images", "images_from_dataset"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "IMAGE_SUFFIXES", "MAX_PIXELS", "ImageSet", "load_images",
+           "images_from_dataset"]
 
 # torchvision's ImageNet statistics (the normalisation of its pretrained classifiers).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+# Larger images are refused before they are decoded (Pillow's own decompression-bomb limit, 89.5 Mpx).
+MAX_PIXELS = 89_478_485
 
 
 @dataclass(frozen=True)
@@ -48,8 +51,10 @@ class ImageSet:
 
 
 def _list_files(source: str | os.PathLike | Sequence[str | os.PathLike]) -> tuple[list[Path], list[str]]:
+    from erf.util import check_path
+
     if isinstance(source, (str, os.PathLike)):
-        root = Path(source)
+        root = check_path(source, "image folder or file")
         if not root.exists():
             raise FileNotFoundError(f"image folder or file {str(root)!r} does not exist")
         if root.is_file():
@@ -58,7 +63,9 @@ def _list_files(source: str | os.PathLike | Sequence[str | os.PathLike]) -> tupl
         if not files:
             raise ValueError(f"image folder {str(root)!r} is empty; expected PNG or JPEG files")
         return files, [p.name for p in files]
-    files = [Path(p) for p in source]
+    if not isinstance(source, Sequence) or isinstance(source, bytes):
+        raise ValueError(f"images source of type {type(source).__name__}; expected a folder, a file or a list of files")
+    files = [check_path(p, "image file") for p in source]
     if not files:
         raise ValueError("the list of image files is empty; expected at least one PNG or JPEG file")
     missing = [str(p) for p in files if not p.is_file()]
@@ -74,12 +81,15 @@ def load_images(
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
     on_bad: str = "skip",
+    limit: int | None = None,
+    max_pixels: int | None = MAX_PIXELS,
 ) -> ImageSet:
     """Load a folder (non-recursive, sorted by name) or a list of image files.
 
     Grayscale, palette and RGBA images are converted to RGB with a warning that
-    says so (alpha is dropped, not blended). Images of different sizes are
-    refused unless ``resize`` is given.
+    says so (alpha is dropped, not blended). 16-bit and 32-bit grayscale pixels
+    are scaled by their full range (65535 for 16 bits), not clipped to 255.
+    Images of different sizes are refused unless ``resize`` is given.
 
     Args:
         source: a folder, one file, or a list of files.
@@ -87,6 +97,9 @@ def load_images(
         mean, std: per-channel normalisation of pixels in [0, 1]; default ImageNet's.
         on_bad: what to do with a file that is not a readable PNG/JPEG:
             ``"skip"`` (default, with a warning) or ``"error"``.
+        limit: keep only the first ``limit`` images (default all).
+        max_pixels: refuse an image with more pixels than this before decoding it (default
+            :data:`MAX_PIXELS`); None for no limit.
 
     Returns:
         An :class:`ImageSet` with ``images`` of shape (N, 3, H, W).
@@ -106,27 +119,32 @@ def load_images(
         if len(resize) != 2 or any(int(s) != s or s < 1 for s in resize):
             raise ValueError(f"resize={resize!r}; expected (H, W) with two positive integers")
         resize = (int(resize[0]), int(resize[1]))
+    for what, values in (("mean", mean), ("std", std)):
+        try:
+            ok = len(values) == 3 and all(np.isfinite(float(v)) for v in values)
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ValueError(f"{what}={values!r}; expected three finite numbers (one per RGB channel)")
     mean_t = torch.tensor([float(m) for m in mean]).view(3, 1, 1)
     std_t = torch.tensor([float(s) for s in std]).view(3, 1, 1)
     if (std_t <= 0).any():
         raise ValueError(f"std={tuple(std)!r}; expected three positive numbers")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit={limit!r}; expected a positive number of images")
+    if max_pixels is not None and (isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1):
+        raise ValueError(f"max_pixels={max_pixels!r}; expected a positive integer or None")
 
     files, names = _list_files(source)
     arrays, kept = [], []
     for path, name in zip(files, names):
+        if limit is not None and len(kept) == limit:
+            break
         try:
             if path.suffix.lower() not in IMAGE_SUFFIXES:
                 raise UnidentifiedImageError(f"suffix {path.suffix!r} is not one of {', '.join(IMAGE_SUFFIXES)}")
-            with Image.open(path) as im:
-                im.load()
-                if im.mode != "RGB":
-                    warnings.warn(f"{name}: converted {im.mode} image to RGB"
-                                  + (" (alpha channel dropped)" if "A" in im.mode else ""))
-                    im = im.convert("RGB")
-                if resize is not None and im.size != (resize[1], resize[0]):
-                    im = im.resize((resize[1], resize[0]), Image.BILINEAR)
-                arrays.append(np.asarray(im, dtype=np.uint8))
-                kept.append(name)
+            arrays.append(_read_rgb(path, name, resize, max_pixels))  # (H, W, 3) float32 in [0, 1]
+            kept.append(name)
         except (UnidentifiedImageError, OSError) as exc:
             msg = f"{name} is not a readable PNG/JPEG image ({exc})"
             if on_bad == "error":
@@ -139,10 +157,40 @@ def load_images(
         listing = ", ".join(f"{n}: {a.shape[0]}x{a.shape[1]}" for n, a in list(zip(kept, arrays))[:4])
         raise ValueError(f"images have different sizes ({listing}, ...); expected one size, "
                          "or pass resize=(H, W) (--resize in the CLI)")
-    pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255.0  # (N, 3, H, W)
+    pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)  # (N, 3, H, W) in [0, 1]
     images = (pixels - mean_t) / std_t  # (N, 3, H, W)
     return ImageSet(images.contiguous(), tuple(kept),
                     tuple(mean_t.flatten().tolist()), tuple(std_t.flatten().tolist()))
+
+
+def _read_rgb(path: Path, name: str, resize: tuple[int, int] | None, max_pixels: int | None) -> np.ndarray:
+    """One image as (H, W, 3) float32 in [0, 1]: 8-bit modes through RGB, deeper grayscale by its full range."""
+    from PIL import Image
+
+    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # our own limit below, with the option to raise it
+    try:
+        im = Image.open(path)
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+    with im:
+        w, h = im.size
+        if max_pixels is not None and w * h > max_pixels:
+            raise ValueError(f"{name} is {w}x{h} = {w * h} pixels, over the limit of {max_pixels}; raise the limit "
+                             "(--max-pixels N, max_pixels=) if the image is trusted")
+        im.load()
+        if im.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit grayscale: scale by the range, then grey -> RGB
+            full = 65535.0 if im.mode.startswith("I;16") or np.asarray(im).max() <= 65535 else 2.0 ** 31 - 1
+            gray = Image.fromarray((np.asarray(im, dtype=np.float64) / full).astype(np.float32), mode="F")
+            if resize is not None and gray.size != (resize[1], resize[0]):
+                gray = gray.resize((resize[1], resize[0]), Image.BILINEAR)
+            warnings.warn(f"{name}: converted {im.mode} grayscale image to RGB (scaled by {full:.0f})")
+            return np.repeat(np.asarray(gray, dtype=np.float32)[..., None], 3, axis=2)
+        if im.mode != "RGB":
+            warnings.warn(f"{name}: converted {im.mode} image to RGB" + (" (alpha channel dropped)" if "A" in im.mode else ""))
+            im = im.convert("RGB")
+        if resize is not None and im.size != (resize[1], resize[0]):
+            im = im.resize((resize[1], resize[0]), Image.BILINEAR)
+        return np.asarray(im, dtype=np.float32) / 255.0
 
 
 def images_from_dataset(dataset, *, limit: int | None = None, resize: tuple[int, int] | None = None,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
-from erf.util import unknown_name
+from erf.util import check_field_types, unknown_name
 
 __all__ = ["ParseNetConfig", "BACKBONES", "CONTEXTS", "FUSIONS", "UPSAMPLES"]
 
@@ -55,6 +55,7 @@ class ParseNetConfig:
     branch_loss: bool = False
 
     def __post_init__(self) -> None:
+        check_field_types(ParseNetConfig, {f.name: getattr(self, f.name) for f in fields(self)}, "ParseNetConfig:")
         for name, value, valid in (
             ("backbone", self.backbone, BACKBONES),
             ("context", self.context, CONTEXTS),

@@ -47,7 +47,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from erf.distributed import ProcessShard, join_process_group
-from erf.util import atomic_write, did_you_mean
+from erf.util import atomic_write, check_field_types, check_path, did_you_mean, parse_device
 from parsenet.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
 from parsenet.config import ParseNetConfig
 from parsenet.metrics import ConfusionMatrix, SegmentationMetrics
@@ -131,6 +131,8 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        check_field_types(TrainConfig, {f.name: getattr(self, f.name) for f in fields(self)}, "TrainConfig:")
+        check_path(self.out, "TrainConfig: out")
         if isinstance(self.model, dict):
             object.__setattr__(self, "model", ParseNetConfig.from_dict(self.model))
         if not isinstance(self.model, ParseNetConfig):
@@ -152,8 +154,8 @@ class TrainConfig:
             raise ValueError(f"workers must be an integer >= 0, got {self.workers!r}")
         if self.crop_size is not None and (not isinstance(self.crop_size, int) or self.crop_size < 1):
             raise ValueError(f"crop_size must be a positive integer or None (no crop), got {self.crop_size!r}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        if not 0 < self.lr < math.inf:
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
         if not 0 <= self.momentum < 1:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
         if not self.weight_decay >= 0:
@@ -162,7 +164,7 @@ class TrainConfig:
             raise ValueError(f"poly_power must be >= 0, got {self.poly_power!r}")
         if not self.head_lr_mult > 0:
             raise ValueError(f"head_lr_mult must be > 0, got {self.head_lr_mult!r}")
-        _parse_device(self.device)  # validates
+        parse_device(self.device, present=False)  # the spelling; train() checks the machine
 
     def to_dict(self) -> dict:
         """Plain dict for checkpoints, JSON and TOML (the model as a nested dict)."""
@@ -358,7 +360,7 @@ def evaluate_checkpoint(
     from parsenet.checkpoint import load_model_from_checkpoint
     from parsenet.data import build_dataset
 
-    dev = _parse_device(device)
+    dev = parse_device(device)
     model, info = load_model_from_checkpoint(path, device=dev)
     trained = info.get("train_config") or {}
     if dataset is None:
@@ -380,18 +382,6 @@ def evaluate_checkpoint(
 # ---------------------------------------------------------------------------------------------------------------------
 # Training
 # ---------------------------------------------------------------------------------------------------------------------
-
-def _parse_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"unknown device {device!r}; expected cpu, cuda, cuda:N or auto") from None
-    if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"unsupported device {device!r}; expected cpu, cuda, cuda:N or auto")
-    return dev
-
 
 def _setup_distributed(device: torch.device) -> tuple[ProcessShard, torch.device]:
     """Join torchrun's process group when its environment is there (NCCL on CUDA, gloo on CPU); else one process."""
@@ -505,7 +495,7 @@ def train(cfg: TrainConfig) -> dict:
     from parsenet.data import build_dataset
     from parsenet.model import build_model
 
-    device = _parse_device(cfg.device)
+    device = parse_device(cfg.device)
     ddp, device = _setup_distributed(device)
     try:
         return _train(cfg, device, ddp, build_dataset, build_model)

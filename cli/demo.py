@@ -5,15 +5,19 @@ import time
 
 import click
 
-from cli._common import command, friendly_errors
+from pathlib import Path
+
+from cli._common import PATH, check_resume_flags, command, friendly_errors
+from erf.runner import METHODS, ProbeSettings, check_probe_settings
+from erf.util import check_field_types
 from figures.report import build_report
-from parsenet.experiment import DemoConfig, run_experiment
+from parsenet.experiment import MODELS, DemoConfig, run_experiment, train_config
 
 __all__ = ["main"]
 
 
 @command("erf-demo")
-@click.option("--out", default="runs/demo", show_default=True, help="Experiment folder.")
+@click.option("--out", default="runs/demo", show_default=True, type=PATH, help="Experiment folder.")
 @click.option("--size", type=int, help="Scene side in pixels (default 96; 64 with --quick).")
 @click.option("--steps", type=int, help="SGD updates per model (default 1000; 8 with --quick).")
 @click.option("--train-images", type=int, help="Training scenes (default 2000).")
@@ -31,10 +35,12 @@ def main(out, size, steps, train_images, val_images, probe_images, seed, quick, 
     \b
     Budget on 2 CPU cores: about 8 minutes (--quick: under a minute).
     """
+    check_resume_flags(overwrite, resume)
     given = {k: v for k, v in dict(out=out, size=size, steps=steps, train_images=train_images,
                                     val_images=val_images, probe_images=probe_images, seed=seed).items()
              if v is not None}
     cfg = DemoConfig.quick(**given) if quick else DemoConfig(**given)
+    _check(cfg, resume)
     start = time.perf_counter()
     exp = run_experiment(cfg, overwrite=overwrite, resume=resume, progress=not no_progress,
                          log=lambda m: click.echo(m, err=True))
@@ -48,6 +54,28 @@ def main(out, size, steps, train_images, val_images, probe_images, seed, quick, 
                err=True)
     click.echo(f"report: {md}")
     click.echo(f"report (html): {page}")
+
+
+def _check(cfg: DemoConfig, resume: bool) -> None:
+    """Everything the demo will need, before it trains: the training runs' and the probes' settings."""
+    check_field_types(DemoConfig, {k: getattr(cfg, k) for k in ("size", "train_images", "val_images", "steps",
+                                                                  "probe_images", "seed")}, "erf-demo:")
+    for name in ("size", "train_images", "val_images", "probe_images"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} {getattr(cfg, name)}; expected a positive number")
+    if cfg.probe_images > cfg.val_images:
+        raise ValueError(f"--probe-images {cfg.probe_images} is more than the {cfg.val_images} validation images; "
+                         f"expected at most {cfg.val_images}")
+    for name in MODELS:
+        train_config(cfg, name, progress=False)  # raises on bad steps, sizes, ...
+    check_probe_settings(ProbeSettings(patch=cfg.patch, stride=cfg.stride, top_k=min(cfg.top_k, cfg.probe_images),
+                                       batch_size=cfg.batch_size, seed=cfg.seed), METHODS, (cfg.size, cfg.size),
+                         cfg.probe_images)
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"output folder {str(out)!r} is a file; expected a folder")
+    if resume and not (out.is_dir() and any(out.iterdir())):
+        raise FileNotFoundError(f"nothing to resume in {str(out)!r}: it is empty or missing (start without --resume)")
 
 
 if __name__ == "__main__":

@@ -3,15 +3,15 @@ from __future__ import annotations
 
 import click
 
-from cli._common import command, friendly_errors
+from cli._common import FOLDER, PATH, command, friendly_errors
 from figures.render import FORMATS, render
 
 __all__ = ["main"]
 
 
 @command("erf-figures")
-@click.argument("inputs", nargs=-1, required=True, type=click.Path())
-@click.option("--out", required=True, type=click.Path(), help="Folder for the figure files.")
+@click.argument("inputs", nargs=-1, required=True, type=PATH)
+@click.option("--out", required=True, type=FOLDER, help="Folder for the figure files.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="png", show_default=True)
 @friendly_errors
 def main(inputs, out, fmt):

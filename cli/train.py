@@ -12,28 +12,30 @@ from __future__ import annotations
 import json
 import os
 import sys
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
+from dataclasses import fields
 from pathlib import Path
 
 import click
 
-from cli._common import command, friendly_errors
+from cli._common import FILE, PATH, command, friendly_errors
+from parsenet.config import ParseNetConfig
 from parsenet.metrics import metrics_table
-from parsenet.presets import PRESETS, merge_options, preset
-from parsenet.trainer import TrainConfig, evaluate_checkpoint, load_run_config, train
+from parsenet.presets import PRESETS, preset
+from parsenet.trainer import evaluate_checkpoint, load_run_config, read_train_options, resolve_train_config, train
+from erf.util import format_number
 
 __all__ = ["train_command", "eval_command"]
 
-# command-line options that are ParseNetConfig fields (the rest are TrainConfig fields)
-_MODEL_OPTIONS = ("backbone", "width", "batch_norm", "context", "fusion", "normalize", "scale_init", "learn_scale",
-                  "context_dropout", "extra_layers", "upsample", "branch_loss")
+# command-line options that are ParseNetConfig fields (the rest are TrainConfig fields); num_classes comes from the data
+_MODEL_OPTIONS = tuple(f.name for f in fields(ParseNetConfig) if f.name != "num_classes")
 
 
 def _parse_value(text: str):
     """``KEY=VALUE`` values: TOML literals (``96``, ``0.5``, ``true``, ``"x"``), else the plain string."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
     try:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
@@ -49,14 +51,6 @@ def _crop(value: str) -> int | None:
         raise click.BadParameter(f"{value!r} is not a positive integer or 'none'") from None
 
 
-def _read_toml(path: str) -> dict:
-    try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
-    except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"config file {path!r} is not valid TOML: {exc}") from None
-
-
 def _dataset_options(items) -> dict:
     """``--dataset-option KEY=VALUE`` pairs as a dict, each value parsed as a TOML value when it is one."""
     options = {}
@@ -70,7 +64,7 @@ def _dataset_options(items) -> dict:
 
 @command("erf-train", show_default=True)
 @click.option("--preset", "preset_name", help=f"start from a named preset: {', '.join(PRESETS)}")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False),
+@click.option("--config", "config_file", type=FILE,
               help="TOML file of TrainConfig options ([model] and [dataset_options] tables)")
 @click.option("--dataset", help="dataset spec: scenes, camvid:PATH, voc:PATH, siftflow:PATH, pascal-context:PATH, folder:PATH")
 @click.option("--dataset-option", "dataset_option", multiple=True, metavar="KEY=VALUE",
@@ -106,7 +100,7 @@ def _dataset_options(items) -> dict:
 @click.option("--workers", type=int, help="DataLoader worker processes")
 @click.option("--device", help="cpu, cuda, cuda:N or auto")
 @click.option("--amp/--no-amp", default=None, help="mixed precision on CUDA (ignored on CPU)")
-@click.option("--out", help="run folder")
+@click.option("--out", type=PATH, help="run folder")
 @click.option("--resume", is_flag=True, help="continue the run in --out from its last.pt")
 @click.option("--log-every", type=int, help="training-loss line in log.jsonl every N steps")
 @click.option("--progress/--no-progress", default=None, help="progress bar")
@@ -128,17 +122,11 @@ def train_command(preset_name, config_file, dataset_option, resume, **options):
     if dataset_option:
         explicit["dataset_options"] = _dataset_options(dataset_option)
 
-    layers = []
-    if resume:
-        if "out" not in explicit:
-            raise click.UsageError("--resume needs --out DIR, the run to continue")
-        layers.append(load_run_config(explicit["out"]).to_dict())
-    if preset_name:
-        layers.append(preset(preset_name))
-    if config_file:
-        layers.append(_read_toml(config_file))
-    layers.append(explicit)
-    cfg = TrainConfig.from_dict({**merge_options({}, *layers), "resume": resume})
+    if resume and "out" not in explicit:
+        raise click.UsageError("--resume needs --out DIR, the run to continue")
+    cfg = resolve_train_config(load_run_config(explicit["out"]).to_dict() if resume else {},
+                               preset(preset_name) if preset_name else {},
+                               read_train_options(config_file) if config_file else {}, explicit, resume=resume)
     summary = train(cfg)
     best, last = summary.get("best"), summary.get("last")
     out = Path(cfg.out)
@@ -148,7 +136,7 @@ def train_command(preset_name, config_file, dataset_option, resume, **options):
 
 
 @command("erf-eval", show_default=True)
-@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.argument("checkpoint", type=FILE)
 @click.option("--dataset", help="dataset spec (default: the one the checkpoint was trained on)")
 @click.option("--dataset-option", "dataset_option", multiple=True, metavar="KEY=VALUE", help="dataset keyword option")
 @click.option("--split", default="val", help="split to evaluate")
@@ -156,13 +144,16 @@ def train_command(preset_name, config_file, dataset_option, resume, **options):
 @click.option("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
 @click.option("--workers", type=int, default=0, help="DataLoader worker processes")
 @click.option("--json", "as_json", is_flag=True, help="print the metrics as JSON")
+@click.option("--ignore-class-names", is_flag=True,
+              help="evaluate on a dataset whose class names differ from the checkpoint's (prints both lists)")
 @friendly_errors
-def eval_command(checkpoint, dataset, dataset_option, split, batch_size, device, workers, as_json):
+def eval_command(checkpoint, dataset, dataset_option, split, batch_size, device, workers, as_json, ignore_class_names):
     """Evaluate CHECKPOINT on a dataset split and print the metric table."""
     options = _dataset_options(dataset_option) if dataset_option else None
     metrics, classes = evaluate_checkpoint(checkpoint, dataset, split, dataset_options=options,
                                            batch_size=batch_size, device=device, workers=workers,
-                                           progress=sys.stderr.isatty())
+                                           progress=sys.stderr.isatty(), ignore_class_names=ignore_class_names,
+                                           log=lambda m: click.echo(m, err=True))
     if as_json:
         click.echo(json.dumps({"checkpoint": str(checkpoint), "split": split, "classes": list(classes),
                                **metrics.to_dict()}, indent=2))
@@ -171,7 +162,7 @@ def eval_command(checkpoint, dataset, dataset_option, split, batch_size, device,
 
 
 def _pct(v) -> str:
-    return "n/a" if v is None else f"{100 * v:.1f}"
+    return format_number(None if v is None else 100 * v, ".1f", "n/a")
 
 
 if __name__ == "__main__":

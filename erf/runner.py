@@ -41,7 +41,7 @@ from erf.result import ERFResult
 from erf.rf import receptive_field
 from erf.util import atomic_write, check_path, format_number, parse_device, unknown_name
 
-__all__ = ["METHODS", "ProbeSettings", "run_probe", "format_table", "provenance_difference"]
+__all__ = ["METHODS", "ProbeSettings", "run_probe", "check_probe_settings", "format_table", "provenance_difference"]
 
 METHODS = ("occlusion", "gradient")
 PROVENANCE = "provenance.json"
@@ -114,6 +114,18 @@ def _check_settings(s: ProbeSettings, methods: Sequence[str], size: tuple[int, i
                 raise unknown_name(name, value, valid, show_all=True)
         if s.neuron == "center":
             raise ValueError("neuron 'center' names no channel for occlusion; expected (c, 'center') or (c, y, x)")
+
+
+def check_probe_settings(settings: ProbeSettings, methods: Sequence[str], image_size: tuple[int, int],
+                         n_images: int) -> None:
+    """Check the options that do not need the model (everything but units and neuron against a layer's shape)
+    for ``n_images`` images of ``image_size``: what a caller that probes later (after training) checks first."""
+    if isinstance(n_images, bool) or not isinstance(n_images, int) or n_images < 1:
+        raise ValueError(f"{n_images!r} images to probe; expected at least one")
+    _check_settings(settings, methods, image_size)
+    parse_device(settings.device)
+    if "occlusion" in methods and settings.neuron is None and not 1 <= settings.top_k <= n_images:
+        raise ValueError(f"top_k={settings.top_k} but there are {n_images} images; expected 1 <= top_k <= {n_images}")
 
 
 def _check_layer(model: nn.Module, layer: str, images: ImageSet, s: ProbeSettings, device: torch.device):

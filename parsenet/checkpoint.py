@@ -152,7 +152,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     Raises:
         FileNotFoundError: ``path`` does not exist.
         ValueError: the file is truncated or corrupt, is not one of ours (the
-            message says what it looks like), or comes from a newer format version.
+            message says what it looks like), comes from a newer format version,
+            or holds NaN or inf weights.
 
     Example:
         >>> ckpt = load_checkpoint("runs/demo/parsenet/best.pt")  # doctest: +SKIP
@@ -178,6 +179,12 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     missing = [k for k in _REQUIRED if k not in ckpt]
     if missing:
         raise ValueError(f"checkpoint {str(path)!r} is incomplete: missing {missing}")
+    weights = ckpt["model"] if isinstance(ckpt["model"], dict) else {}
+    bad = next((k for k, t in weights.items()
+                if isinstance(t, torch.Tensor) and t.is_floating_point() and not torch.isfinite(t).all()), None)
+    if bad is not None:
+        raise ValueError(f"checkpoint {str(path)!r} holds NaN or inf weights (first in {bad!r}); expected finite "
+                         "weights (a diverged run? use an earlier checkpoint)")
     return ckpt
 
 

@@ -52,7 +52,8 @@ from parsenet.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
 from parsenet.config import ParseNetConfig
 from parsenet.metrics import ConfusionMatrix, SegmentationMetrics
 
-__all__ = ["TrainConfig", "train", "evaluate", "evaluate_checkpoint", "load_run_config"]
+__all__ = ["TrainConfig", "train", "evaluate", "evaluate_checkpoint", "load_run_config", "read_train_options",
+           "resolve_train_config"]
 
 # Options that may change when a run resumes: they do not change what is computed.
 _FREE_ON_RESUME = ("out", "resume", "device", "workers", "eval_every", "eval_batch_size", "log_every", "progress",
@@ -131,7 +132,6 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        check_field_types(TrainConfig, {f.name: getattr(self, f.name) for f in fields(self)}, "TrainConfig:")
         check_path(self.out, "TrainConfig: out")
         if isinstance(self.model, dict):
             object.__setattr__(self, "model", ParseNetConfig.from_dict(self.model))
@@ -154,8 +154,10 @@ class TrainConfig:
             raise ValueError(f"workers must be an integer >= 0, got {self.workers!r}")
         if self.crop_size is not None and (not isinstance(self.crop_size, int) or self.crop_size < 1):
             raise ValueError(f"crop_size must be a positive integer or None (no crop), got {self.crop_size!r}")
-        if not 0 < self.lr < math.inf:
-            raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
+        # every other field's type (a string for lr, say) and finite numbers, before the comparisons below
+        check_field_types(TrainConfig, {f.name: getattr(self, f.name) for f in fields(self)}, "TrainConfig:")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr!r}")
         if not 0 <= self.momentum < 1:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
         if not self.weight_decay >= 0:
@@ -194,6 +196,53 @@ def load_run_config(out: str | os.PathLike) -> TrainConfig:
     if not saved:
         raise ValueError(f"{str(path)!r} holds no training config to resume from")
     return TrainConfig.from_dict(saved)
+
+
+def read_train_options(path: str | os.PathLike) -> dict:
+    """The options in a TOML file, each checked against :class:`TrainConfig` (and ``[model]`` against
+    :class:`ParseNetConfig`); errors name the file and the field: ``run.toml: width = "wide"; expected a number``."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+
+    path = check_path(path, "config file")
+    if path.is_dir():
+        raise IsADirectoryError(f"config file {str(path)!r} is a folder; expected a TOML file")
+    try:
+        with open(path, "rb") as f:
+            options = tomllib.load(f)
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"config file {str(path)!r} is not valid TOML: it is not UTF-8 text") from None
+    known = [f.name for f in fields(TrainConfig)]
+    for key in options:
+        if key not in known:
+            raise ValueError(f"{path}: unknown training option {key!r}{did_you_mean(key, known)}; "
+                             f"expected one of: {', '.join(known)}")
+    check_field_types(TrainConfig, {k: v for k, v in options.items() if k != "model"}, f"{path}:")
+    if "model" in options:
+        check_field_types(ParseNetConfig, options["model"], f"{path}: [model]")
+    return options
+
+
+def resolve_train_config(*layers: dict, resume: bool = False) -> TrainConfig:
+    """Merge option dicts left to right (defaults < preset < TOML < command line) into a :class:`TrainConfig`.
+
+    The nested ``model`` and ``dataset_options`` tables merge key by key, except that a layer naming a dataset
+    of another kind (``folder:`` after the preset's ``scenes``) drops the dataset options set before it: they
+    belong to the other dataset.
+    """
+    from parsenet.presets import merge_options
+
+    merged: dict = {}
+    for layer in layers:
+        kind = str(layer.get("dataset", "")).split(":", 1)[0]
+        if kind and kind != str(merged.get("dataset", "scenes")).split(":", 1)[0]:
+            merged.pop("dataset_options", None)
+        merged = merge_options(merged, layer)
+    return TrainConfig.from_dict({**merged, "resume": resume})
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -340,6 +389,8 @@ def evaluate_checkpoint(
     device: str = "cpu",
     workers: int = 0,
     progress: bool = False,
+    ignore_class_names: bool = False,
+    log=print,
 ) -> tuple[SegmentationMetrics, tuple[str, ...]]:
     """Evaluate a checkpoint written by :func:`train` on a dataset split.
 
@@ -350,6 +401,9 @@ def evaluate_checkpoint(
         dataset_options: dataset keyword options; default the training run's when ``dataset`` is
             the training dataset, else none.
         batch_size, device, workers, progress: as in :func:`evaluate`.
+        ignore_class_names: evaluate even when the dataset's class names differ from the checkpoint's
+            (same number of classes); both lists then go to ``log``. Default: refuse.
+        log: where that note goes.
 
     Returns:
         ``(metrics, class names)``.
@@ -375,6 +429,13 @@ def evaluate_checkpoint(
     if len(ds.info.classes) != info["config"].num_classes:
         raise ValueError(f"dataset {dataset!r} has {len(ds.info.classes)} classes but the checkpoint's model predicts "
                          f"{info['config'].num_classes} ({', '.join(info['classes'] or [])})")
+    theirs, ours = list(info["classes"] or []), list(ds.info.classes)
+    if theirs != ours:
+        both = f"checkpoint: {', '.join(theirs)}; dataset {dataset!r}: {', '.join(ours)}"
+        if not ignore_class_names:
+            raise ValueError(f"dataset {dataset!r} names its classes differently from the checkpoint ({both}); "
+                             "pass --ignore-class-names to evaluate anyway")
+        log(f"class names differ ({both}); evaluating anyway as asked")
     metrics = evaluate(model, ds, batch_size=batch_size, device=dev, workers=workers, progress=progress)
     return metrics, ds.info.classes
 
@@ -506,6 +567,8 @@ def train(cfg: TrainConfig) -> dict:
 def _train(cfg: TrainConfig, device: torch.device, ddp: ProcessShard, build_dataset, build_model) -> dict:
     out = Path(cfg.out)
     last_path, best_path, log_path = out / "last.pt", out / "best.pt", out / "log.jsonl"
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"run folder {str(out)!r} is a file; expected a folder")
     if cfg.resume and not last_path.exists():
         raise FileNotFoundError(f"nothing to resume in {str(out)!r}: no last.pt there (start the run without --resume)")
     if not cfg.resume and last_path.exists():
@@ -587,8 +650,8 @@ def _train(cfg: TrainConfig, device: torch.device, ddp: ProcessShard, build_data
                     scaler.scale(loss).backward()
                 step_loss += loss.item()
             if not math.isfinite(step_loss):
-                raise FloatingPointError(f"training diverged at step {step + 1}: loss {step_loss}; "
-                                         f"lower the learning rate (now {cfg.lr})")
+                raise ValueError(f"training diverged at step {step + 1}: loss {step_loss}; lower the learning "
+                                 f"rate (now {cfg.lr}); last.pt keeps the last good step")
             scaler.step(optimizer)
             scaler.update()
             lr_now = optimizer.param_groups[0]["lr"]

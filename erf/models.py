@@ -78,6 +78,9 @@ def load_model(spec: str, *, weights: str | None = None, device: str | torch.dev
     if not isinstance(spec, str) or not spec:
         raise ValueError(f"model spec must be a non-empty string, got {spec!r}")
     path = Path(spec)
+    if path.is_dir():
+        raise IsADirectoryError(f"model {spec!r} is a folder; expected a checkpoint file (e.g. {path / 'best.pt'}), "
+                                "a torchvision model name or module.path:function")
     if path.is_file():
         if weights is not None:
             raise ValueError(f"--weights does not apply to checkpoint {spec!r}: it holds its own weights")
@@ -205,7 +208,10 @@ def _from_builder(spec: str, weights: str | None) -> LoadedModel:
     if not callable(fn):
         public = [n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n))]
         raise unknown_name(f"function in {module_name}", fn_name, public)
-    model = fn()
+    try:
+        model = fn()
+    except Exception as exc:  # the user's code: its error, in one line, is the answer
+        raise ValueError(f"model builder {spec!r} raised {type(exc).__name__}: {exc}") from exc
     if isinstance(model, LoadedModel):
         lm = model
     elif isinstance(model, nn.Module):

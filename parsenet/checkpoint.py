@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 import random
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -35,7 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from erf.util import atomic_torch_save
+from erf.util import atomic_torch_save, state_dict_mismatch
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -43,6 +44,8 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "load_model_from_checkpoint",
+    "TrainedModel",
+    "load_trained_model",
     "rng_state",
     "set_rng_state",
 ]
@@ -188,22 +191,43 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return ckpt
 
 
-def load_model_from_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
-    """Rebuild the model stored in a checkpoint, in eval mode, and return what goes with it.
+@dataclass(frozen=True)
+class TrainedModel:
+    """A model rebuilt from a checkpoint, in eval mode, with what goes with it.
 
-    Args:
-        path: a checkpoint written by ``erf-train``.
-        device: where to put the model.
+    Attributes:
+        model: the network; config: its ``ParseNetConfig``.
+        classes, colors, ignore_index: the label set it was trained on (colors may be None).
+        mean, std: the input normalisation it was trained with.
+        step: optimizer steps done; metrics: the evaluation at that step; best: ``{"step", "metrics"}``.
+        train_config: ``TrainConfig.to_dict()`` of the run (None for checkpoints written outside ``train``).
+        path: the file.
+    """
 
-    Returns:
-        ``(model, info)``: the model, and a dict with ``"model_config"`` (dict),
-        ``"config"`` (``ParseNetConfig``), ``"mean"``, ``"std"``, ``"classes"``,
-        ``"colors"``, ``"ignore_index"``, ``"metrics"``, ``"best"``, ``"step"``,
-        ``"train_config"`` and ``"path"``.
+    model: nn.Module
+    config: Any
+    classes: list[str]
+    colors: list[list[int]] | None
+    ignore_index: int
+    mean: list[float]
+    std: list[float]
+    step: int
+    metrics: dict | None
+    best: dict | None
+    train_config: dict | None
+    path: str
+
+
+def load_trained_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> TrainedModel:
+    """Rebuild the model stored in a checkpoint, in eval mode on ``device``.
+
+    Raises:
+        ValueError: what :func:`load_checkpoint` refuses, an invalid model config, or weights that do not
+            fit the model the config builds (the first missing, unexpected and mismatched keys).
 
     Example:
-        >>> model, info = load_model_from_checkpoint("runs/demo/parsenet/best.pt")  # doctest: +SKIP
-        >>> model(torch.zeros(1, 3, 96, 96))["out"].shape, len(info["classes"])  # doctest: +SKIP
+        >>> trained = load_trained_model("runs/demo/parsenet/best.pt")  # doctest: +SKIP
+        >>> trained.model(torch.zeros(1, 3, 96, 96))["out"].shape, len(trained.classes)  # doctest: +SKIP
         (torch.Size([1, 11, 96, 96]), 11)
     """
     from parsenet.config import ParseNetConfig
@@ -215,18 +239,26 @@ def load_model_from_checkpoint(path: str | os.PathLike, device: str | torch.devi
     except (TypeError, ValueError) as exc:
         raise ValueError(f"checkpoint {str(path)!r} holds an invalid model config: {exc}") from None
     model = build_model(cfg)
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()
-        raise ValueError(f"checkpoint {str(path)!r}: its weights do not fit the model its config builds "
-                         f"({' '.join(first[1:2] or first[:1]).strip()})") from None
+    mismatch = state_dict_mismatch(model.state_dict(), ckpt["model"])
+    if mismatch:
+        raise ValueError(f"checkpoint {str(path)!r}: its weights do not fit the model its config builds ({mismatch})")
+    model.load_state_dict(ckpt["model"])
     model.to(device).eval()
-    info = {k: ckpt.get(k) for k in ("mean", "std", "classes", "colors", "ignore_index", "metrics", "best",
-                                     "step", "train_config", "model_config")}
-    info["config"] = cfg
-    info["path"] = str(path)
-    return model, info
+    return TrainedModel(model=model, config=cfg, classes=list(ckpt["classes"]), colors=ckpt.get("colors"),
+                        ignore_index=int(ckpt.get("ignore_index", 255)), mean=list(ckpt["mean"]),
+                        std=list(ckpt["std"]), step=int(ckpt["step"]), metrics=ckpt.get("metrics"),
+                        best=ckpt.get("best"), train_config=ckpt.get("train_config"), path=str(path))
+
+
+def load_model_from_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """:func:`load_trained_model` as ``(model, info dict)``, for callers not yet moved to :class:`TrainedModel`.
+
+    ``info`` holds the fields of :class:`TrainedModel` but ``model``, plus ``"model_config"`` (a dict).
+    """
+    trained = load_trained_model(path, device)
+    info = {f: getattr(trained, f) for f in TrainedModel.__dataclass_fields__ if f != "model"}
+    info["model_config"] = trained.config.to_dict()
+    return trained.model, info
 
 
 def _describe_file(path: Path, exc: BaseException) -> str:

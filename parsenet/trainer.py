@@ -47,7 +47,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from erf.distributed import ProcessShard, join_process_group
-from erf.util import atomic_write, check_field_types, check_path, did_you_mean, parse_device
+from erf.util import atomic_write, check_field_types, check_path, did_you_mean, format_number, parse_device
 from parsenet.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
 from parsenet.config import ParseNetConfig
 from parsenet.metrics import ConfusionMatrix, SegmentationMetrics
@@ -411,12 +411,12 @@ def evaluate_checkpoint(
     Example:
         >>> metrics, classes = evaluate_checkpoint("runs/demo/parsenet/best.pt", split="val")  # doctest: +SKIP
     """
-    from parsenet.checkpoint import load_model_from_checkpoint
+    from parsenet.checkpoint import load_trained_model
     from parsenet.data import build_dataset
 
     dev = parse_device(device)
-    model, info = load_model_from_checkpoint(path, device=dev)
-    trained = info.get("train_config") or {}
+    loaded = load_trained_model(path, device=dev)
+    trained = loaded.train_config or {}
     if dataset is None:
         if not trained.get("dataset"):
             raise ValueError(f"checkpoint {str(path)!r} does not say which dataset it was trained on; pass --dataset")
@@ -426,17 +426,17 @@ def evaluate_checkpoint(
     ds = build_dataset(dataset, split, train=False, seed=int(trained.get("seed", 0)), **dataset_options)
     if len(ds) == 0:
         raise ValueError(f"split {split!r} of dataset {dataset!r} is empty; expected at least one image")
-    if len(ds.info.classes) != info["config"].num_classes:
+    if len(ds.info.classes) != loaded.config.num_classes:
         raise ValueError(f"dataset {dataset!r} has {len(ds.info.classes)} classes but the checkpoint's model predicts "
-                         f"{info['config'].num_classes} ({', '.join(info['classes'] or [])})")
-    theirs, ours = list(info["classes"] or []), list(ds.info.classes)
+                         f"{loaded.config.num_classes} ({', '.join(loaded.classes)})")
+    theirs, ours = list(loaded.classes), list(ds.info.classes)
     if theirs != ours:
         both = f"checkpoint: {', '.join(theirs)}; dataset {dataset!r}: {', '.join(ours)}"
         if not ignore_class_names:
             raise ValueError(f"dataset {dataset!r} names its classes differently from the checkpoint ({both}); "
                              "pass --ignore-class-names to evaluate anyway")
         log(f"class names differ ({both}); evaluating anyway as asked")
-    metrics = evaluate(model, ds, batch_size=batch_size, device=dev, workers=workers, progress=progress)
+    metrics = evaluate(loaded.model, ds, batch_size=batch_size, device=dev, workers=workers, progress=progress)
     return metrics, ds.info.classes
 
 
@@ -714,4 +714,4 @@ def _better(new: float, old: float | None) -> bool:
 
 
 def _fmt(v: float) -> str:
-    return "n/a" if math.isnan(v) else f"{100 * v:.1f}"
+    return format_number(100 * v, ".1f", "n/a")

@@ -371,7 +371,7 @@ def test_a_library_type_error_is_a_bug_with_its_traceback(tmp, monkeypatch):
     def buggy(*args, **kwargs):
         return None + 1  # a real TypeError inside the library
 
-    monkeypatch.setattr(cli.probe, "run_probe", buggy)
+    monkeypatch.setattr(cli.probe, "load_images", buggy)
     result = run(probe_command, probe_args(tmp, tmp / "out"))
     assert isinstance(result.exception, TypeError) and "Error:" not in result.stderr
     monkeypatch.undo()

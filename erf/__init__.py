@@ -15,6 +15,7 @@ from erf.models import LoadedModel, load_model
 from erf.occlusion import ENGINES, NOISE_KINDS, PRECISIONS, FullReinference, make_patches, occluder_positions, probe_occlusion, select_units
 from erf.result import ERFResult
 from erf.rf import LayerRF, receptive_field, receptive_fields
+from erf.runner import ProbeSettings, run_probe
 from erf.stats import ERFStats, GaussianFit, centered_square, erf_stats, fit_gaussian, threshold_area
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "probe_occlusion", "occluder_positions", "make_patches", "select_units", "FullReinference",
     "IncrementalOcclusion", "MacCount", "ENGINES", "NOISE_KINDS", "PRECISIONS",
     "probe_gradient",
+    "ProbeSettings", "run_probe",
     "ProcessShard", "join_process_group", "shard_indices",
     "ERFStats", "GaussianFit", "erf_stats", "fit_gaussian", "centered_square", "threshold_area", "ERFResult",
 ]

@@ -85,10 +85,11 @@ def _umask() -> int:
     return mask
 
 
-def parse_device(device: str | Any, *, present: bool = True) -> "torch.device":
+def parse_device(device: str | Any, *, present: bool = True, gpus: int | None = None) -> "torch.device":
     """The one device check of every command: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``, present on this machine.
 
     With ``present=False`` only the spelling is checked (a config written for another machine).
+    ``gpus`` is the number of CUDA devices to check against (default: this machine's).
 
     Raises:
         ValueError: a malformed or unsupported string, CUDA missing, or an index past the GPU count;
@@ -101,7 +102,7 @@ def parse_device(device: str | Any, *, present: bool = True) -> "torch.device":
     import torch
 
     have = ["cpu"]
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    count = (torch.cuda.device_count() if torch.cuda.is_available() else 0) if gpus is None else gpus
     if count:
         have += ["cuda"] + [f"cuda:{i}" for i in range(count)]
     available = f"available here: {', '.join(have)}"

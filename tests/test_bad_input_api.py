@@ -131,3 +131,11 @@ def test_probe_settings_identity_keeps_only_what_changes_the_numbers():
 def test_check_probe_settings(settings, n, message):
     with pytest.raises(ValueError, match=message):
         check_probe_settings(settings, ("occlusion", "gradient"), (8, 8), n)
+
+
+def test_parse_device_on_a_machine_with_two_gpus():
+    # the CUDA branch, checked on any machine by stating the GPU count
+    assert parse_device("cuda:1", gpus=2) == torch.device("cuda", 1)
+    assert parse_device("auto", gpus=2) == torch.device("cuda")
+    with pytest.raises(ValueError, match=r"this machine has 2 GPUs \(available here: cpu, cuda, cuda:0, cuda:1\)"):
+        parse_device("cuda:2", gpus=2)

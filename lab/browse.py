@@ -313,7 +313,8 @@ def _overview(layer: _Layer, pairs: list[tuple[str, str]]) -> str:
 <div class="row">
  <figure><img src="img/layer.png" alt="layer map" width="{_img_w(r)}"><figcaption>mean ERF of the layer's
  units, re-centred on each unit (cyan: TRF)</figcaption></figure>
- <div><label>x <select id="xsel"></select></label> <label>y <select id="ysel"></select></label>
+ <div><p class="controls"><label>x <select id="xsel"></select></label>
+ <label>y <select id="ysel"></select></label></p>
  <svg id="scatter" width="520" height="360"></svg></div>
 </div>
 <p class="hint">Click a column head to sort, a row or a dot to open the unit.</p>
@@ -358,12 +359,21 @@ def _unit_page(layer: _Layer, i: int, has_topk: bool, counterpart: tuple[str, st
                 f'(red circle) with its TRF (cyan). Bottom row: the discrepancy map of that image (what the '
                 f'noise patch changed).</p><ol class="names">{caps}</ol>')
     else:
-        topk = "".join(f'<p class="note">{html.escape(n)}</p>' for n in _missing(r))
+        topk = ""
+    topk += "".join(f'<p class="note">{html.escape(n)}</p>' for n in _missing(r))
+    H, W = r.image_size
+    rf = r.trf.get("rf")
+    if r.trf.get("is_global") or not rf:
+        trf_words = "no TRF box (global layer)"
+    elif rf[0] >= 2 * H and rf[1] >= 2 * W:
+        trf_words = f"its TRF, {_fmt(rf[0])} px, is larger than the whole picture"
+    else:
+        trf_words = f"cyan: its TRF, {_fmt(rf[0])} px, to scale"
     body = f"""<p class="nav">{nav}</p>
 <h1>{html.escape(r.layer)} unit <span id="unit-number">{u}</span> <small>{html.escape(layer.label)}</small></h1>
 <div class="row"><figure><img id="erf-map" src="../img/erf_{u}.png" alt="ERF map of unit {u}">
-<figcaption>ERF map re-centred on the unit (white cross); cyan: its TRF, {_fmt(r.trf.get('rf', ['?'])[0])} px,
-to scale. The picture spans twice the image.</figcaption></figure>
+<figcaption>ERF map re-centred on the unit (white cross); {trf_words}. The picture spans twice the
+image.</figcaption></figure>
 <table class="stats">{stats}</table></div>
 {topk}"""
     return _page(f"{r.layer} unit {u} · {layer.label}", body, 2)

@@ -106,7 +106,7 @@ const Browse = (() => {
 
   // Two overlaid histograms of one measure (A blue, B red).
   function histogram(svg, a, b, label) {
-    const W = +svg.getAttribute("width"), H = +svg.getAttribute("height"), m = 40, bins = 12;
+    const W = +svg.getAttribute("width"), H = +svg.getAttribute("height"), m = 52, bins = 12;
     const ok = v => v.filter(x => x !== null && isFinite(x));
     const va = ok(a), vb = ok(b), xr = extent(va.concat(vb));
     const count = v => { const c = new Array(bins).fill(0);
@@ -114,6 +114,10 @@ const Browse = (() => {
       return c.map(n => n / Math.max(v.length, 1)); };
     const ca = count(va), cb = count(vb), top = Math.max(...ca, ...cb, 1e-9);
     const [sx, sy] = axes(svg, xr, [0, top], label, "share of units", W, H, m);
+    const mean = v => v.length ? v.reduce((p, q) => p + q, 0) / v.length : null;
+    svg.append(el("svg:text", {x: m + 4, y: 14, "font-size": 11, fill: "#1f77b4"}, `A mean ${fmt(mean(va))}`));
+    svg.append(el("svg:text", {x: W - 8, y: 14, "font-size": 11, fill: "#d62728", "text-anchor": "end"},
+                  `B mean ${fmt(mean(vb))}`));
     const bw = (sx(xr[1]) - sx(xr[0])) / bins;
     [[ca, "#1f77b4", 0], [cb, "#d62728", bw / 2]].forEach(([c, col, off]) => c.forEach((n, i) => svg.append(
       el("svg:rect", {x: sx(xr[0]) + i * bw + off, y: sy(n), width: bw / 2, height: sy(0) - sy(n), fill: col,
@@ -123,7 +127,7 @@ const Browse = (() => {
   function compare(data, keys) {
     const host = document.getElementById("hists");
     for (const ms of data.measures) {
-      const svg = el("svg:svg", {width: 300, height: 200, "data-key": ms.key});
+      const svg = el("svg:svg", {width: 300, height: 210, "data-key": ms.key});
       host.append(svg);
       histogram(svg, data.a.rows.map(r => r[ms.key]), data.b.rows.map(r => r[ms.key]), ms.label);
     }

@@ -7,6 +7,7 @@ import click
 
 from cli._common import friendly_errors
 from figures.report import build_report
+from lab.browse import write_demo_browser
 from parsenet.experiment import DemoConfig, run_experiment
 
 __all__ = ["main"]
@@ -44,10 +45,12 @@ def main(out, size, steps, train_images, val_images, probe_images, seed, quick, 
              f"uniform-noise patch on a stride-{cfg.stride} grid (top {cfg.top_k} images per unit), gradient from "
              "the centre position.")
     md, page, figs = build_report(cfg.out, exp["results"], exp["runs"], setup=setup)
+    browser = write_demo_browser(cfg.out, log=lambda m: click.echo(m, err=True))
     click.echo(f"[demo] {len(figs)} figures in {md.parent / 'figures'}; {time.perf_counter() - start:.0f} s in all",
                err=True)
     click.echo(f"report: {md}")
     click.echo(f"report (html): {page}")
+    click.echo(f"browser: {browser}")
 
 
 if __name__ == "__main__":

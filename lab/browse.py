@@ -38,9 +38,11 @@ from erf.occlusion import occluder_centers
 from erf.result import ERFResult
 from erf.stats import centered_square
 
-__all__ = ["BrowseConfig", "MEASURES", "Measure", "unit_measures", "find_results", "write_browser"]
+__all__ = ["BrowseConfig", "MEASURES", "Measure", "unit_measures", "find_results", "write_browser",
+           "write_demo_browser", "DEMO_BROWSER"]
 
 _MARKER = ".erf-browse"
+DEMO_BROWSER = "browser/index.html"  # where erf-demo's browser opens, relative to the report
 _ASSETS = Path(__file__).with_name("browse_assets")
 
 
@@ -548,3 +550,13 @@ def write_browser(results, out: str | os.PathLike, *, cfg: BrowseConfig = Browse
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def write_demo_browser(run_dir: str | os.PathLike, *, log=None) -> Path:
+    """The browser of an ``erf-demo`` folder: every result under ``run_dir/probe`` into ``run_dir/browser``.
+
+    Returns:
+        The site's ``index.html`` (``run_dir / DEMO_BROWSER``), for the report to link.
+    """
+    run_dir = Path(run_dir)
+    return write_browser([run_dir / "probe"], run_dir / Path(DEMO_BROWSER).parent, log=log) / "index.html"

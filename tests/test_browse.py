@@ -131,3 +131,12 @@ def test_cli_writes_site_and_rejects_bad_input(tmp_path):
     assert not (tmp_path / "site2").exists()
     bad = CliRunner().invoke(main, [str(folder), "--out", str(tmp_path / "site3"), "--tile", "4"])
     assert_one_line_error(bad, "tile=4")
+
+
+def test_demo_browser_beside_the_report(tmp_path):
+    from lab.browse import DEMO_BROWSER, write_demo_browser
+
+    tiny_results(tmp_path / "run" / "probe")
+    index = write_demo_browser(tmp_path / "run")
+    assert index == tmp_path / "run" / DEMO_BROWSER and index.is_file()
+    assert "model0/layer2 against model1/layer2" in index.read_text()

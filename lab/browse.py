@@ -21,6 +21,7 @@ images; their unit pages say so and show the rest.
 """
 from __future__ import annotations
 
+import functools
 import html
 import json
 import math
@@ -28,6 +29,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -195,6 +197,7 @@ class _Painter:
     def __init__(self, cfg: BrowseConfig):
         self.cfg = cfg
         self.erf_lut, self.act_lut = _lut("inferno"), _lut("viridis")
+        self._bases: dict = {}  # image key -> (T, T, 3) thumbnail and its grey (T, T, 1): units share images
 
     @staticmethod
     def _resize(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -224,14 +227,17 @@ class _Painter:
         draw.line([cx, cy - 4, cx, cy + 4], fill=(255, 255, 255))
         return img
 
-    def tile(self, image: np.ndarray, overlay: np.ndarray | None, lut, box=None, mark=None) -> Image.Image:
+    def tile(self, image: np.ndarray, overlay: np.ndarray | None, lut, box=None, mark=None, key=None) -> Image.Image:
         """One top-K thumbnail: the image, the map blended over it, a box and a marker (image pixels)."""
         H, W = image.shape[:2]
         T = self.cfg.tile
-        base = np.asarray(Image.fromarray(image).resize((T, T), Image.BILINEAR), np.float32)  # (T, T, 3)
+        if key is None or key not in self._bases:
+            base = np.asarray(Image.fromarray(image).resize((T, T), Image.BILINEAR), np.float32)  # (T, T, 3)
+            self._bases[key] = (base, base.mean(axis=2, keepdims=True))
+        base, grey = self._bases[key]
         if overlay is not None:
             heat = self.colour(self._resize(overlay, (T, T)), lut).astype(np.float32)
-            base = 0.45 * base.mean(axis=2, keepdims=True) + 0.55 * heat  # grey image under the map
+            base = 0.45 * grey + 0.55 * heat  # grey image under the map
         img = Image.fromarray(np.clip(base, 0, 255).astype(np.uint8))
         draw = ImageDraw.Draw(img)
         sy, sx = T / H, T / W
@@ -244,12 +250,56 @@ class _Painter:
         return img
 
 
-def _render_grid(grid_map: np.ndarray, centers: tuple[np.ndarray, np.ndarray], image_size) -> np.ndarray:
-    """A map on the occluder grid (gh, gw) on the image pixels (H, W): linear between occluder centres."""
+def _grid_renderer(image_size, patch, stride) -> Callable[[np.ndarray], np.ndarray]:
+    """Maps on the occluder grid (gh, gw) -> the image pixels (H, W), as the probe renders its maps.
+
+    Linear between neighbouring occluder centres, the nearest centre's value
+    outside the first and last; built once per layer as two matrices by
+    interpolating the identity (``np.interp`` is linear in the values).
+    """
     H, W = image_size
-    cy, cx = centers
-    rows = np.stack([np.interp(np.arange(H), cy, col) for col in grid_map.T], axis=1)  # (H, gw)
-    return np.stack([np.interp(np.arange(W), cx, row) for row in rows])  # (H, W)
+    cy, cx = occluder_centers(image_size, patch, stride)
+    Ry = np.stack([np.interp(np.arange(H), cy, e) for e in np.eye(len(cy))], axis=1)  # (H, gh)
+    Rx = np.stack([np.interp(np.arange(W), cx, e) for e in np.eye(len(cx))], axis=1)  # (W, gw)
+    return lambda g: Ry @ np.asarray(g, np.float64) @ Rx.T  # (H, W)
+
+
+@dataclass
+class _View:
+    """One image of a unit's page: the image, the channel's activation, the discrepancy map, the unit's place."""
+
+    name: str
+    value: float
+    location: tuple[int, int]  # (y, x) in the layer's output
+    image: np.ndarray  # (H, W, 3) uint8
+    activation: np.ndarray  # (h, w)
+    discrepancy: Callable[[], np.ndarray]  # () -> (H, W) on the image pixels, drawn only when needed
+
+
+_MAX_NEURON_VIEWS = 16  # a neuron result holds every image; its page shows the strongest ones
+
+
+def _views(r: ERFResult) -> list[list[_View]] | None:
+    """Per unit, the images its page shows, strongest first; None where the result does not store them.
+
+    Units results (format 2) keep each unit's top-K images, activations and
+    discrepancy maps on the occluder grid; neuron results keep every image's
+    map on the image grid, and the images and activations when the caller
+    added them (``erf-demo`` does).
+    """
+    H, W = r.image_size
+    if r.mode == "units" and not any(a is None for a in (r.topk_maps, r.display_images, r.topk_activations)):
+        render = _grid_renderer((H, W), tuple(r.config["patch"]), tuple(r.config["stride"]))
+        return [[_View(r.images[j], float(r.topk_values[i, k]), tuple(int(v) for v in r.topk_locations[i, k]),
+                       r.display_images[j], r.topk_activations[i, k],
+                       functools.partial(render, r.topk_maps[i, k]))
+                 for k, j in enumerate(r.topk_images[i]) if j >= 0] for i in range(len(r.units))]
+    if r.mode == "neuron" and not any(a is None for a in (r.image_maps, r.display_images, r.activations)):
+        order = np.argsort(-r.topk_values[0], kind="stable")[:_MAX_NEURON_VIEWS]
+        return [[_View(r.images[j], float(r.topk_values[0, j]), tuple(int(v) for v in r.topk_locations[0, j]),
+                       r.display_images[j], r.activations[j], functools.partial(np.asarray, r.image_maps[j]))
+                 for j in order]]
+    return None
 
 
 # --------------------------------------------------------------------------- pages
@@ -268,13 +318,16 @@ def _fmt(v, digits=3) -> str:
     return html.escape(str(v))
 
 
-def _missing(result: ERFResult) -> list[str]:
+def _missing(result: ERFResult, has_views: bool) -> list[str]:
     """What this result cannot show, in words."""
     notes = []
-    if result.mode != "units":
-        notes.append(f"this is a {result.mode!r} result (one map, no per-unit top-K images); "
+    if result.mode == "neuron" and not has_views:
+        notes.append("this neuron result does not store the images and activations as people see them "
+                     "(erf-demo adds them), so its page shows the averaged map only")
+    elif result.mode not in ("units", "neuron"):
+        notes.append(f"this is a {result.mode!r} result (one map, no per-image maps); "
                      "the unit page shows its map and statistics")
-    elif result.topk_maps is None or result.display_images is None or result.topk_activations is None:
+    elif result.mode == "units" and not has_views:
         gone = [n for n, a in (("the images", result.display_images), ("activation maps", result.topk_activations),
                                ("per-image discrepancy maps", result.topk_maps)) if a is None]
         notes.append(f"this result (format version {result.format_version}) does not store {', '.join(gone)} of "
@@ -293,12 +346,13 @@ class _Layer:
     slug: str
     result: ERFResult
     rows: list[dict]
+    has_views: bool = False
 
 
 def _overview(layer: _Layer, pairs: list[tuple[str, str]]) -> str:
     r = layer.result
     t = r.summary.get("table", {})
-    notes = "".join(f'<p class="note">{html.escape(n)}</p>' for n in _missing(r))
+    notes = "".join(f'<p class="note">{html.escape(n)}</p>' for n in _missing(r, layer.has_views))
     compare = "".join(f'<li><a href="../compare/{html.escape(f)}">{html.escape(txt)}</a></li>' for txt, f in pairs)
     columns = [{"key": "unit", "label": "unit", "help": "channel index"}] + [
         {"key": m.key, "label": m.label, "help": m.help} for m in MEASURES]
@@ -313,7 +367,7 @@ def _overview(layer: _Layer, pairs: list[tuple[str, str]]) -> str:
         head += f"<p>Side by side with:</p><ul>{compare}</ul>"
     body = f"""{head}
 <div class="row">
- <figure><img src="img/layer.png" alt="layer map" width="{_img_w(r)}"><figcaption>mean ERF of the layer's
+ <figure><img src="img/layer.png" alt="layer map" width="220"><figcaption>mean ERF of the layer's
  units, re-centred on each unit (cyan: TRF)</figcaption></figure>
  <div><p class="controls"><label>x <select id="xsel"></select></label>
  <label>y <select id="ysel"></select></label></p>
@@ -326,11 +380,7 @@ Browse.overview(DATA, u => "unit/" + u + ".html", u => "img/erf_" + u + ".png");
     return _page(f"{r.layer} · {layer.label}", body, 1)
 
 
-def _img_w(r: ERFResult) -> int:
-    return 220
-
-
-def _unit_page(layer: _Layer, i: int, has_topk: bool, counterpart: tuple[str, str] | None) -> str:
+def _unit_page(layer: _Layer, i: int, views: list[_View] | None, counterpart: tuple[str, str] | None) -> str:
     r, row = layer.result, layer.rows[i]
     u = row["unit"]
     prev_u = layer.rows[i - 1]["unit"] if i > 0 else None
@@ -349,20 +399,17 @@ def _unit_page(layer: _Layer, i: int, has_topk: bool, counterpart: tuple[str, st
         ("ERF area / clipped TRF", s.get("frac_trf")),
         *((f"{int(lv * 100)}% mass side (px)", sv) for lv, sv in zip(s.get("levels", []), s.get("square_sides", []))),
         ("sigma y, x (px)", None if s.get("sigma_y") is None else f"{s['sigma_y']:.3g}, {s['sigma_x']:.3g}")))
-    if has_topk:
-        K = r.topk_images.shape[1]
-        names = [r.images[j] if j >= 0 else "–" for j in r.topk_images[i]]
-        caps = "".join(f"<li>#{k + 1} {html.escape(n)}: activation {_fmt(float(v))} at "
-                       f"({int(loc[0])}, {int(loc[1])})</li>"
-                       for k, (n, v, loc) in enumerate(zip(names, r.topk_values[i], r.topk_locations[i]))
-                       if r.topk_images[i, k] >= 0)
-        topk = (f'<h2>Top {K} images</h2><img id="topk" src="../img/topk_{u}.jpg" alt="top-K images of unit {u}">'
+    if views:
+        caps = "".join(f"<li>#{k + 1} {html.escape(v.name)}: activation {_fmt(v.value)} at "
+                       f"({v.location[0]}, {v.location[1]})</li>" for k, v in enumerate(views))
+        what = f"Top {len(views)} images" if r.mode == "units" else f"The {len(views)} strongest of its images"
+        topk = (f'<h2>{what}</h2><img id="topk" src="../img/topk_{u}.jpg" alt="top-K images of unit {u}">'
                 f'<p class="hint">Top row: the activation map of channel {u} over each image, the unit marked '
                 f'(red circle) with its TRF (cyan). Bottom row: the discrepancy map of that image (what the '
                 f'noise patch changed).</p><ol class="names">{caps}</ol>')
     else:
         topk = ""
-    topk += "".join(f'<p class="note">{html.escape(n)}</p>' for n in _missing(r))
+    topk += "".join(f'<p class="note">{html.escape(n)}</p>' for n in _missing(r, views is not None))
     H, W = r.image_size
     rf = r.trf.get("rf")
     if r.trf.get("is_global") or not rf:
@@ -439,31 +486,25 @@ def _write_layer(dest: Path, layer: _Layer, painter: _Painter, counterparts: dic
     (dest / "img").mkdir()
     rf = None if r.trf.get("is_global") else r.trf.get("rf")
     H, W = r.image_size
-    has_topk = (r.mode == "units" and r.topk_maps is not None and r.display_images is not None
-                and r.topk_activations is not None)
     layer_cfg = BrowseConfig(tile=painter.cfg.tile, map_side=220, far_fraction=painter.cfg.far_fraction)
-    _Painter(layer_cfg).erf_map(r.layer_map, rf, (H, W)).save(dest / "img" / "layer.png", optimize=False)
-    centers = None
-    if has_topk:
-        centers = occluder_centers((H, W), tuple(r.config["patch"]), tuple(r.config["stride"]))
+    _Painter(layer_cfg).erf_map(r.layer_map, rf, (H, W)).save(dest / "img" / "layer.png")
+    all_views = _views(r)
+    layer.has_views = all_views is not None
     jump, start = r.trf.get("jump"), r.trf.get("start")
     for i, row in enumerate(layer.rows):
         u = row["unit"]
         painter.erf_map(r.maps[i], rf, (H, W)).save(dest / "img" / f"erf_{u}.png")
-        if has_topk:
+        views = None if all_views is None else all_views[i]
+        if views:
             tiles = []
-            for k, j in enumerate(r.topk_images[i]):
-                if j < 0:
-                    continue
-                image = r.display_images[j]
-                ly, lx = r.topk_locations[i, k]
-                cy, cx = start[0] + ly * jump[0], start[1] + lx * jump[1]  # the unit's TRF centre in pixels
+            for v in views:
+                cy, cx = start[0] + v.location[0] * jump[0], start[1] + v.location[1] * jump[1]  # TRF centre (px)
                 box = None if rf is None else (cy + 0.5 - rf[0] / 2, cx + 0.5 - rf[1] / 2,
                                                cy + 0.5 + rf[0] / 2, cx + 0.5 + rf[1] / 2)
-                act = np.maximum(r.topk_activations[i, k].astype(np.float32), 0)
-                top = painter.tile(image, act, painter.act_lut, box=box, mark=(cy, cx))
-                disc = _render_grid(r.topk_maps[i, k].astype(np.float64), centers, (H, W))
-                bottom = painter.tile(image, disc, painter.erf_lut, box=box, mark=(cy, cx))
+                act = np.maximum(np.asarray(v.activation, np.float32), 0)
+                top = painter.tile(v.image, act, painter.act_lut, box=box, mark=(cy, cx), key=(layer.slug, v.name))
+                bottom = painter.tile(v.image, v.discrepancy(), painter.erf_lut, box=box, mark=(cy, cx),
+                                      key=(layer.slug, v.name))
                 tiles.append((top, bottom))
             T = painter.cfg.tile
             strip = Image.new("RGB", (max(1, len(tiles)) * (T + 4) - 4, 2 * T + 4), (255, 255, 255))
@@ -471,7 +512,7 @@ def _write_layer(dest: Path, layer: _Layer, painter: _Painter, counterparts: dic
                 strip.paste(top, (k * (T + 4), 0))
                 strip.paste(bottom, (k * (T + 4), T + 4))
             strip.save(dest / "img" / f"topk_{u}.jpg", quality=painter.cfg.jpeg_quality)
-        (dest / "unit" / f"{u}.html").write_text(_unit_page(layer, i, has_topk, counterparts.get(layer.slug)))
+        (dest / "unit" / f"{u}.html").write_text(_unit_page(layer, i, views, counterparts.get(layer.slug)))
     (dest / "index.html").write_text(_overview(layer, pairs_for))
 
 

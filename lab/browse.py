@@ -233,8 +233,13 @@ class _Painter:
         T = self.cfg.tile
         if key is None or key not in self._bases:
             base = np.asarray(Image.fromarray(image).resize((T, T), Image.BILINEAR), np.float32)  # (T, T, 3)
-            self._bases[key] = (base, base.mean(axis=2, keepdims=True))
-        base, grey = self._bases[key]
+            pair = (base, base.mean(axis=2, keepdims=True))
+            if key is None:
+                base, grey = pair
+            else:
+                self._bases[key] = pair
+        if key is not None:
+            base, grey = self._bases[key]
         if overlay is not None:
             heat = self.colour(self._resize(overlay, (T, T)), lut).astype(np.float32)
             base = 0.45 * grey + 0.55 * heat  # grey image under the map

@@ -412,13 +412,14 @@ def _topk_views(body, images, topk_images, unit_list, device, norm) -> dict[str,
         mean, std = (torch.from_numpy(v)[:, None, None] for v in norm)
         pixels = lambda x: x * std + mean  # noqa: E731 - (3, H, W) in [0, 1]
     else:
-        lo = images.amin(dim=(0, 2, 3))[:, None, None]  # (3, 1, 1)
-        hi = images.amax(dim=(0, 2, 3))[:, None, None]
+        lo = images.amin(dim=(0, 2, 3)).cpu()[:, None, None]  # (3, 1, 1)
+        hi = images.amax(dim=(0, 2, 3)).cpu()[:, None, None]
         pixels = lambda x: (x - lo) / (hi - lo).clamp_min(1e-12)  # noqa: E731
     activations = None
     channels = torch.tensor(unit_list, device=device)
     for j in used:
-        display[j] = (pixels(images[j]).clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(1, 2, 0).numpy()
+        seen = pixels(images[j].cpu().float()).clamp(0, 1) * 255 + 0.5  # (3, H, W)
+        display[j] = seen.to(torch.uint8).permute(1, 2, 0).numpy()
         with torch.inference_mode():
             act = body(images[j:j + 1].to(device))[0, channels].float().cpu().numpy()  # (U, h, w)
         if activations is None:

@@ -345,7 +345,7 @@ def _missing(result: ERFResult, has_views: bool) -> list[str]:
     return notes
 
 
-@dataclass
+@dataclass(eq=False)
 class _Layer:
     label: str
     slug: str
@@ -548,9 +548,9 @@ def write_browser(results, out: str | os.PathLike, *, cfg: BrowseConfig = Browse
     found = find_results(results)
     if out.exists():
         if not out.is_dir():
-            raise FileExistsError(f"--out {str(out)!r} is a file; expected a folder for the site")
+            raise FileExistsError(f"output {str(out)!r} is a file; expected a folder for the site")
         if any(out.iterdir()) and not ((out / _MARKER).is_file() and overwrite):
-            raise FileExistsError(f"--out {str(out)!r} exists and is not an ERF browser written earlier; "
+            raise FileExistsError(f"output folder {str(out)!r} exists and is not an ERF browser written earlier; "
                                   "choose a new or empty folder")
     layers, slugs = [], set()
     for label, folder in found:
@@ -573,7 +573,7 @@ def write_browser(results, out: str | os.PathLike, *, cfg: BrowseConfig = Browse
         painter = _Painter(cfg)
         for layer in layers:
             t0 = time.perf_counter()
-            pairs_for = [(f"{b.label if a is layer else a.label}", f) for a, b, m, f in pairs if layer in (a, b)]
+            pairs_for = [(f"{b.label if a is layer else a.label}", f) for a, b, m, f in pairs if layer is a or layer is b]
             _write_layer(tmp / layer.slug, layer, painter, counterparts, pairs_for)
             if log is not None:
                 log(f"[browse] {layer.label}: {len(layer.rows)} units in {time.perf_counter() - t0:.1f} s")

@@ -140,3 +140,15 @@ def test_demo_browser_beside_the_report(tmp_path):
     index = write_demo_browser(tmp_path / "run")
     assert index == tmp_path / "run" / DEMO_BROWSER and index.is_file()
     assert "model0/layer2 against model1/layer2" in index.read_text()
+
+
+def test_unpaired_results_compare_as_distributions(tmp_path):
+    from erf.occlusion import probe_occlusion
+
+    tiny_results(tmp_path / "probes", seeds=(0,))
+    probe_occlusion(tiny_net(1), "2", tiny_images(), patch=5, stride=3, top_k=2, units=[1, 3]).save(
+        tmp_path / "probes" / "subset" / "layer2")
+    site = write_browser([tmp_path / "probes"], tmp_path / "site")
+    page = (site / "compare" / "model0--layer2--subset--layer2.html").read_text()
+    assert '"matched": false' in page and "compared as distributions" in page and 'id="pairs"' not in page
+    assert "side by side" not in (site / "model0--layer2" / "unit" / "0.html").read_text()  # no unit to pair with

@@ -4,7 +4,7 @@ Usage (from the repository root):
     .venv/bin/python bench/browse_speed.py RESULT_DIR... [--out /tmp/erf-browse-bench]
 
 For the issue-16 budget (a 512-unit layer in under a minute on 2 cores, site under ~50 MB), probe a
-random-init VGG16 conv5_3 on scikit-image's sample photographs first (about a minute on 2 cores):
+random-init VGG16 conv5_3 on scikit-image's sample photographs first (1-7 minutes on 2 cores):
     .venv/bin/python bench/browse_speed.py --make-vgg16 /tmp/erf-browse-vgg16
 """
 from __future__ import annotations

@@ -11,6 +11,7 @@ from cli._common import PATH, check_resume_flags, command, friendly_errors
 from erf.runner import METHODS, ProbeSettings, check_probe_settings
 from erf.util import check_field_types
 from figures.report import build_report
+from lab.browse import write_demo_browser
 from parsenet.experiment import MODELS, DemoConfig, run_experiment, train_config
 
 __all__ = ["main"]
@@ -50,10 +51,12 @@ def main(out, size, steps, train_images, val_images, probe_images, seed, quick, 
              f"uniform-noise patch on a stride-{cfg.stride} grid (top {cfg.top_k} images per unit), gradient from "
              "the centre position.")
     md, page, figs = build_report(cfg.out, exp["results"], exp["runs"], setup=setup)
+    browser = write_demo_browser(cfg.out, log=lambda m: click.echo(m, err=True))
     click.echo(f"[demo] {len(figs)} figures in {md.parent / 'figures'}; {time.perf_counter() - start:.0f} s in all",
                err=True)
     click.echo(f"report: {md}")
     click.echo(f"report (html): {page}")
+    click.echo(f"browser: {browser}")
 
 
 def _check(cfg: DemoConfig, resume: bool) -> None:

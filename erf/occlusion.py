@@ -386,6 +386,49 @@ def _needed(rf, starts_y, starts_x, patch, locations) -> np.ndarray:
     return mask
 
 
+def _display_norm(images) -> tuple[np.ndarray, np.ndarray] | None:
+    """The (mean, std) per channel an ImageSet was normalised with, or None for a bare tensor."""
+    from erf.images import ImageSet
+
+    if isinstance(images, ImageSet):
+        return np.asarray(images.mean, np.float32), np.asarray(images.std, np.float32)
+    return None
+
+
+def _topk_views(body, images, topk_images, unit_list, device, norm) -> dict[str, np.ndarray]:
+    """The top-K images as a person sees them and each unit's activation map on them.
+
+    One clean pass per image that some unit keeps. Pixels come back through
+    the normalisation when it is known (``norm``), else by a per-channel
+    min-max stretch over the probed images (colours then only approximate).
+    Rows of ``display_images`` no unit uses stay zero, which costs nothing
+    in the compressed file.
+    """
+    N, _, H, W = images.shape
+    U, K = topk_images.shape
+    used = sorted({int(j) for j in topk_images.ravel() if j >= 0})
+    display = np.zeros((N, H, W, 3), dtype=np.uint8)  # (N, H, W, 3)
+    if norm is not None:
+        mean, std = (torch.from_numpy(v)[:, None, None] for v in norm)
+        pixels = lambda x: x * std + mean  # noqa: E731 - (3, H, W) in [0, 1]
+    else:
+        lo = images.amin(dim=(0, 2, 3)).cpu()[:, None, None]  # (3, 1, 1)
+        hi = images.amax(dim=(0, 2, 3)).cpu()[:, None, None]
+        pixels = lambda x: (x - lo) / (hi - lo).clamp_min(1e-12)  # noqa: E731
+    activations = None
+    channels = torch.tensor(unit_list, device=device)
+    for j in used:
+        seen = pixels(images[j].cpu().float()).clamp(0, 1) * 255 + 0.5  # (3, H, W)
+        display[j] = seen.to(torch.uint8).permute(1, 2, 0).numpy()
+        with torch.inference_mode():
+            act = body(images[j:j + 1].to(device))[0, channels].float().cpu().numpy()  # (U, h, w)
+        if activations is None:
+            activations = np.zeros((U, K) + act.shape[1:], dtype=np.float32)  # (U, K, h, w)
+        u, k = np.nonzero(topk_images == j)
+        activations[u, k] = act[u]
+    return {"display_images": display, "topk_activations": activations}
+
+
 def _as_images(images, names):
     try:
         from erf.images import ImageSet
@@ -486,6 +529,7 @@ def probe_occlusion(
         >>> res.maps.shape, res.summary["table"]["trf_side"]
         ((2, 448, 448), 196.0)
     """
+    display_norm = _display_norm(images)
     images, names = _as_images(images, names)
     N, _, H, W = images.shape
     (H, W), (ph, pw), (sh, sw) = _check_geometry((H, W), patch, stride)
@@ -705,13 +749,17 @@ def probe_occlusion(
     }
     if precision != "fp32":  # fp32 configs stay as they were
         config.update(precision=precision, bf16_drift=bf16_drift)
+    views = {}
+    if neuron is None:  # what the unit browser shows of each top-K image (lab.browse)
+        views = {**_topk_views(body, images, topk_images, unit_list, device, display_norm), "topk_maps": topk.maps}
+        config["display_images"] = "exact" if display_norm is not None else "min-max"
     return build_result(
         method="occlusion", mode="units" if neuron is None else "neuron", layer=layer, image_size=(H, W),
         config=config, model={"name": model_name or type(model).__name__, "fingerprint": fingerprint,
                               "parameters": n_params},
         images=names, trf=rf_to_dict(rf), units=np.array(unit_list), maps=out_maps, trf_areas=trf_areas,
         topk_images=topk_images, topk_locations=topk_locations, topk_values=topk_values,
-        image_maps=image_maps, neuron=neuron, threshold=threshold,
+        image_maps=image_maps, neuron=neuron, threshold=threshold, **views,
     )
 
 

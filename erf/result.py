@@ -14,8 +14,13 @@ Files
 :meth:`ERFResult.save` writes ``result.npz`` (the arrays) and then
 ``summary.json`` (everything else, readable by a person, with the npz's
 SHA-256), each atomically. :meth:`ERFResult.load` refuses a folder missing
-either file, one whose files do not belong together, or one of another
-format version.
+either file, one whose files do not belong together, or one of a format
+version it cannot read.
+
+Format versions: 1 had no per-image top-K arrays; 2 adds the optional
+``topk_maps`` and ``topk_activations`` (and stores ``display_images`` for
+the top-K images), which the unit browser shows. Version 1 folders still load,
+with those arrays None.
 """
 from __future__ import annotations
 
@@ -34,9 +39,10 @@ from erf.util import atomic_write
 
 __all__ = ["FORMAT_VERSION", "ERFResult", "recenter", "canvas_anchor", "rf_to_dict", "build_result"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+_READABLE_VERSIONS = (1, 2)  # 1: before the optional per-image top-K arrays existed
 _ARRAYS = ("units", "maps", "layer_map", "topk_images", "topk_locations", "topk_values")
-_OPTIONAL_ARRAYS = ("image_maps", "display_images", "activations")
+_OPTIONAL_ARRAYS = ("image_maps", "display_images", "activations", "topk_maps", "topk_activations")
 
 
 def canvas_anchor(center: tuple[float, float]) -> tuple[int, int]:
@@ -114,8 +120,12 @@ class ERFResult:
         summary: mean/std over units of each statistic, plus the table row (:meth:`table_row`).
         image_maps: (N, H, W) float32 raw per-image map on the image grid (neuron and gradient modes), else None.
         neuron: (c, y, x) of the probed neuron, or None.
-        display_images: optional (N, H, W, 3) uint8 images as a person sees them, for figures.
+        display_images: optional (N, H, W, 3) uint8 images as a person sees them, for figures and the browser
+            (rows no unit's top-K uses may be all zero).
         activations: optional (N, h, w) float32 activation map of the neuron's channel on each image, for figures.
+        topk_maps: optional (U, K, gh, gw) float32 raw discrepancy map of each top-K image on the occluder grid
+            (``config["grid"]``; centres from ``erf.occlusion.occluder_centers``), for the browser.
+        topk_activations: optional (U, K, h, w) float32 activation map of the unit's channel on each top-K image.
     """
 
     method: str
@@ -139,6 +149,8 @@ class ERFResult:
     neuron: tuple[int, int, int] | None = None
     display_images: np.ndarray | None = None
     activations: np.ndarray | None = None
+    topk_maps: np.ndarray | None = None
+    topk_activations: np.ndarray | None = None
     format_version: int = field(default=FORMAT_VERSION)
 
     @property
@@ -202,9 +214,10 @@ class ERFResult:
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ValueError(f"{str(directory / 'summary.json')!r} is not valid JSON ({exc})") from None
         version = meta.get("format_version") if isinstance(meta, dict) else None
-        if version != FORMAT_VERSION:
+        if version not in _READABLE_VERSIONS:
             raise ValueError(f"{str(directory)!r} holds an ERF result of format version {version!r}; this toolkit "
-                             f"reads version {FORMAT_VERSION}: rerun the probe to regenerate it")
+                             f"reads version {' or '.join(map(str, _READABLE_VERSIONS))}: rerun the probe to "
+                             "regenerate it")
         payload = (directory / "result.npz").read_bytes()
         if hashlib.sha256(payload).hexdigest() != meta.get("npz_sha256"):
             raise ValueError(f"{str(directory)!r}: result.npz does not match summary.json (a partial or mixed "
@@ -220,6 +233,7 @@ class ERFResult:
             unit_stats=meta["unit_stats"], layer_stats=meta["layer_stats"], summary=meta["summary"],
             neuron=None if meta["neuron"] is None else tuple(meta["neuron"]),
             **{k: arrays.get(k) for k in _OPTIONAL_ARRAYS}, **{k: arrays[k] for k in _ARRAYS},
+            format_version=int(version),
         )
 
 
@@ -242,13 +256,17 @@ def build_result(
     image_maps: np.ndarray | None = None,
     neuron: tuple[int, int, int] | None = None,
     threshold: float = 0.5,
+    display_images: np.ndarray | None = None,
+    topk_maps: np.ndarray | None = None,
+    topk_activations: np.ndarray | None = None,
 ) -> ERFResult:
     """Compute the statistics of re-centred unit maps (U, 2H, 2W) and assemble an :class:`ERFResult`.
 
     ``trf_areas`` (U,) is each unit's TRF area clipped to the image (averaged over its
     top-K locations). The layer map is the mean of the non-empty unit maps; units
     whose map is all zero (never changed by any occluder) are counted in
-    ``summary["empty_units"]`` and left out of the means.
+    ``summary["empty_units"]`` and left out of the means. ``display_images``,
+    ``topk_maps`` and ``topk_activations`` are stored as given (see :class:`ERFResult`).
     """
     H, W = image_size
     maps = np.asarray(maps, dtype=np.float32)
@@ -281,6 +299,9 @@ def build_result(
         topk_values=np.asarray(topk_values, dtype=np.float64), unit_stats=[s.to_dict() for s in stats],
         layer_stats=layer_stat.to_dict(), summary=_jsonify(_finite_or_none(summary)), image_maps=image_maps,
         neuron=None if neuron is None else tuple(int(v) for v in neuron),
+        display_images=None if display_images is None else np.asarray(display_images, dtype=np.uint8),
+        topk_maps=None if topk_maps is None else np.asarray(topk_maps, dtype=np.float32),
+        topk_activations=None if topk_activations is None else np.asarray(topk_activations, dtype=np.float32),
     )
 
 

@@ -6,8 +6,7 @@ import time
 import click
 
 from cli._common import friendly_errors
-from figures.report import build_report
-from parsenet.experiment import DemoConfig, run_experiment
+from lab import DemoConfig, build_report, run_experiment
 
 __all__ = ["main"]
 

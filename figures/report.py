@@ -1,16 +1,17 @@
-"""The demo's report: the question, the metric table, the ERF table, the figures (``report.md`` and ``report.html``)."""
+"""The demo's report as text: the question, the metric table, the ERF table, the figures.
+
+Pure string building: :func:`report_markdown` and :func:`report_html` take
+numbers and figure references and return the page; :mod:`lab.report` gathers
+the numbers and writes the files.
+"""
 from __future__ import annotations
 
 import base64
 import html
-import json
 import math
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
-from erf.util import atomic_write
-
-__all__ = ["metric_rows", "erf_rows", "write_report"]
+__all__ = ["QUESTION", "metric_rows", "per_class_rows", "erf_rows", "report_markdown", "report_html"]
 
 QUESTION = (
     "Does global context widen what a segmentation network sees, and does it help? "
@@ -78,26 +79,18 @@ def _html_table(header: list[str], rows: list[list[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def write_report(out: str | Path, *, summaries: Mapping[str, Mapping], erf_table: Sequence[Mapping],
-                 figures: Mapping[str, str | Path], findings: Sequence[str] = (), setup: str = "") -> tuple[Path, Path]:
-    """Write ``report.md`` (figures linked) and ``report.html`` (figures inline) into ``out``.
+def report_markdown(*, summaries: Mapping[str, Mapping], erf_table: Sequence[Mapping],
+                    figures: Mapping[str, str], findings: Sequence[str] = (), setup: str = "") -> str:
+    """``report.md``: the question, set-up, findings, tables and the figures linked.
 
     Args:
-        out: the experiment folder; figure paths are written relative to it.
         summaries: model name -> its run's ``summary.json``.
         erf_table: rows for :func:`erf_rows`.
-        figures: caption -> PNG path.
+        figures: caption -> figure path relative to the report (POSIX).
         findings: sentences stating what the numbers show, computed by the caller.
         setup: one paragraph describing data, models and budget.
-
-    Returns:
-        The paths of ``report.md`` and ``report.html``.
     """
-    out = Path(out)
-    metrics = metric_rows(summaries)
-    classes = per_class_rows(summaries)
-    erf = erf_rows(erf_table)
-
+    metrics, classes, erf = metric_rows(summaries), per_class_rows(summaries), erf_rows(erf_table)
     md = ["# With and without global context: ERF and segmentation", "", "## The question", "", QUESTION, ""]
     if setup:
         md += ["## Set-up", "", setup, ""]
@@ -110,10 +103,15 @@ def write_report(out: str | Path, *, summaries: Mapping[str, Mapping], erf_table
            "ERF side: side of the square with the area above half the maximum of each unit's map (occlusion: "
            "mean ± std over units; gradient: the centre position). ERF/image: that area over the image area.", "",
            _md_table(*erf), "", "## Figures", ""]
-    for caption, path in figures.items():
-        rel = Path(path).relative_to(out) if Path(path).is_relative_to(out) else Path(path)
-        md += [f"### {caption}", "", f"![{caption}]({rel.as_posix()})", ""]
+    for caption, rel in figures.items():
+        md += [f"### {caption}", "", f"![{caption}]({rel})", ""]
+    return "\n".join(md)
 
+
+def report_html(*, summaries: Mapping[str, Mapping], erf_table: Sequence[Mapping],
+                figures: Mapping[str, bytes], findings: Sequence[str] = (), setup: str = "") -> str:
+    """``report.html``: the same page as :func:`report_markdown`, with each figure's PNG bytes inline."""
+    metrics, classes, erf = metric_rows(summaries), per_class_rows(summaries), erf_rows(erf_table)
     body = ["<h1>With and without global context: ERF and segmentation</h1>", "<h2>The question</h2>",
             f"<p>{html.escape(QUESTION)}</p>"]
     if setup:
@@ -124,74 +122,11 @@ def write_report(out: str | Path, *, summaries: Mapping[str, Mapping], erf_table
     body += ["<h2>Segmentation (validation split, best checkpoint, %)</h2>", _html_table(*metrics),
              "<p>Per-class IoU:</p>", _html_table(*classes), "<h2>Receptive fields</h2>", _html_table(*erf),
              "<h2>Figures</h2>"]
-    for caption, path in figures.items():
-        data = base64.b64encode(Path(path).read_bytes()).decode()
+    for caption, png in figures.items():
+        data = base64.b64encode(png).decode()
         body += [f"<h3>{html.escape(caption)}</h3>", f'<img alt="{html.escape(caption)}" '
                  f'src="data:image/png;base64,{data}" style="max-width:100%">']
-    page = ("<!doctype html><html><head><meta charset='utf-8'><title>erf-toolkit report</title><style>"
+    return ("<!doctype html><html><head><meta charset='utf-8'><title>erf-toolkit report</title><style>"
             "body{font-family:sans-serif;max-width:60em;margin:auto;padding:1em}"
             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}"
             "</style></head><body>" + "\n".join(body) + "</body></html>")
-
-    md_path, html_path = out / "report.md", out / "report.html"
-    with atomic_write(md_path, "w") as f:
-        f.write("\n".join(md))
-    with atomic_write(html_path, "w") as f:
-        f.write(page)
-    return md_path, html_path
-
-
-def _findings(summaries: Mapping[str, Mapping], table: Sequence[Mapping]) -> list[str]:
-    """Sentences comparing the two models, computed from the numbers (nothing here is written in advance)."""
-    out = []
-    names = list(summaries)
-    if len(names) == 2:
-        a, b = names
-        ma, mb = (summaries[n]["best"]["metrics"]["mean_iou"] for n in names)
-        if ma is not None and mb is not None:
-            verb = "above" if mb > ma else "below" if mb < ma else "level with"
-            out.append(f"{b} reaches {100 * mb:.1f}% mean IoU, {abs(100 * (mb - ma)):.1f} points {verb} "
-                       f"{a}'s {100 * ma:.1f}%.")
-        for layer in dict.fromkeys(r["layer"] for r in table):
-            for method in ("occlusion", "gradient"):
-                rows = {r["model"]: r for r in table if r["layer"] == layer and r["method"] == method}
-                if a in rows and b in rows and rows[a].get("erf_side") and rows[b].get("erf_side"):
-                    sa, sb = rows[a]["erf_side"], rows[b]["erf_side"]
-                    word = "larger" if sb > sa else "smaller" if sb < sa else "the same size"
-                    out.append(f"{layer} ({method}): {b}'s ERF side is {sb:.0f} px against {a}'s {sa:.0f} px "
-                               f"({sb / sa:.2f}x, {word}); ERF/image {rows[b]['erf_over_image']:.2f} vs "
-                               f"{rows[a]['erf_over_image']:.2f}.")
-    return out
-
-
-def build_report(out: str | Path, results: Mapping, runs: Mapping[str, Path], *, setup: str = "",
-                 fmt: str = "png") -> tuple[Path, Path, list[Path]]:
-    """Figures and report of an experiment: ``results`` maps (model, layer, method) to ERFResult.
-
-    Returns:
-        ``(report.md, report.html, figure paths)``.
-    """
-    from figures.render import make_figures, save_figures
-
-    out = Path(out)
-    figs = make_figures({"/".join(k): r for k, r in results.items()}, {n: p for n, p in runs.items()})
-    paths = save_figures(figs, out / "figures", fmt)
-    summaries = {name: json.loads((Path(run) / "summary.json").read_text()) for name, run in runs.items()}
-    table = []
-    for (model, layer, method), r in results.items():
-        if method == "neuron":
-            continue
-        table.append({**r.table_row(), "model": model, "layer": layer, "method": method,
-                      "global": bool(r.trf.get("is_global"))})
-    captions = {
-        "unit_panels": "ParseNet Fig. 2 style: one fc7 neuron, its activation, TRF and ERF",
-        "training_curves": "Training loss and validation mean IoU",
-        "segmentation": "Segmentation: image, ground truth, FCN, ParseNet",
-    }
-    figures = {}
-    for p in paths:
-        caption = captions.get(p.stem) or p.stem.replace("_", " ")
-        figures[caption] = p
-    md, page = write_report(out, summaries=summaries, erf_table=table, figures=figures,
-                            findings=_findings(summaries, table), setup=setup)
-    return md, page, paths

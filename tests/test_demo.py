@@ -10,7 +10,7 @@ from PIL import Image
 from cli.demo import main as demo_main
 from cli.figures import main as figures_main
 from erf.result import ERFResult
-from parsenet.analysis import feature_norms, predict
+from lab import feature_norms, predict
 from parsenet.config import ParseNetConfig
 from parsenet.model import build_model
 

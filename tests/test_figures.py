@@ -10,7 +10,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from matplotlib.text import Text
 
-from figures._style import as_box, fmt_num, fmt_stats, fraction_of_max, threshold_area
+from erf.stats import threshold_area
+from figures._style import as_box, fmt_num, fmt_stats, fraction_of_max
 from figures.context import fig_context_comparison
 from figures.curves import _ema, fig_training_curves
 from figures.feature_scale import fig_feature_scale
@@ -63,13 +64,15 @@ def _legend_texts(legend) -> list[str]:
 # ---------------------------------------------------------------- shared helpers, hand-checked
 
 
-def test_threshold_area_counts_pixels_at_or_above_fraction_of_max():
-    m = np.array([[0.0, 1.0, 2.0], [3.0, 4.0, 0.0]])
-    assert threshold_area(m, 0.5) == 3  # peak 4: values 2, 3, 4 are >= 2
-    assert threshold_area(m, 0.9) == 1
-    assert threshold_area(np.zeros((3, 3)), 0.5) == 0
-    assert threshold_area(np.full((2, 2), np.nan), 0.5) == 0
-    assert threshold_area(np.array([[np.nan, 2.0], [1.0, 0.5]]), 0.5) == 2
+def test_unit_panel_erf_size_is_the_one_erf_stats_reports():
+    # Issue 12: figures counted pixels at or above the threshold, erf.stats strictly above, so a figure
+    # printed 3 px where summary.json said 1 px. One threshold_area (erf.stats) now serves both.
+    assert threshold_area(np.array([[0.0, 0.6], [1.0, 0.5]]), 0.5) == 2
+    erf = np.zeros((H, W))
+    erf[10, 10] = 1.0
+    erf[11, 9:13] = erf[9, 9:13] = 0.5  # 8 pixels exactly at half the maximum: not above it
+    assert threshold_area(erf, 0.5) == 1
+    assert fig_unit_panels([_row(erf_map=erf)]).axes[3].get_title().startswith("(d) ERF 1 px")
 
 
 def test_fmt_num_and_fmt_stats():

@@ -1,6 +1,6 @@
 """From saved results to figure files: what ``erf-figures`` and ``erf-demo`` run.
 
-The plotting functions take plain arrays; this module finds ERF result folders
+The plotting functions of :mod:`figures` take plain arrays; this module finds ERF result folders
 (``result.npz`` + ``summary.json``) and training run folders (``best.pt`` +
 ``log.jsonl``), gathers the arrays each figure needs, and saves every figure the
 inputs allow, atomically:
@@ -235,7 +235,7 @@ def _run_figures(runs: Mapping[str, Path], n_images: int) -> dict[str, Figure]:
     """Training curves, segmentation grid and feature scales, from run folders (loads their best checkpoints)."""
     import torch
 
-    from parsenet.analysis import feature_norms, predict
+    from lab.analysis import feature_norms, predict
     from parsenet.checkpoint import load_model_from_checkpoint
     from parsenet.data import build_dataset
 

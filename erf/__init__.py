@@ -15,7 +15,8 @@ from erf.models import LoadedModel, load_model
 from erf.occlusion import ENGINES, NOISE_KINDS, PRECISIONS, FullReinference, make_patches, occluder_positions, probe_occlusion, select_units
 from erf.result import ERFResult
 from erf.rf import LayerRF, receptive_field, receptive_fields
-from erf.stats import ERFStats, GaussianFit, centered_square, erf_stats, fit_gaussian, threshold_area
+from erf.stats import (ERFStats, GaussianFit, bootstrap_means, centered_square, erf_stats, far_field_share, fit_gaussian,
+                       percentile_interval, second_moment_radius, threshold_area)
 
 __all__ = [
     "LayerRF", "receptive_field", "receptive_fields",
@@ -27,4 +28,5 @@ __all__ = [
     "probe_gradient",
     "ProcessShard", "join_process_group", "shard_indices",
     "ERFStats", "GaussianFit", "erf_stats", "fit_gaussian", "centered_square", "threshold_area", "ERFResult",
+    "far_field_share", "second_moment_radius", "bootstrap_means", "percentile_interval",
 ]

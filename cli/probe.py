@@ -73,15 +73,17 @@ def _print_table(rows: list[dict]) -> None:
         return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
 
     header = f"{'layer':<18} {'method':<10} {'mode':<8} {'units':>5} {'TRF side':>9} {'ERF side':>15} " \
-             f"{'ERF/TRF':>8} {'ERF/image':>9}"
+             f"{'ERF/TRF':>8} {'ERF/image':>9} {'90% mass':>8}"
     click.echo(header)
     click.echo("-" * len(header))
     for r in rows:
         side = f"{fmt(r['erf_side'], '.1f')} ± {fmt(r['erf_side_std'], '.1f')}"
         click.echo(f"{r['layer']:<18} {r['method']:<10} {r['mode']:<8} {r['units']:>5} {fmt(r['trf_side'], '.1f'):>9} "
-                   f"{side:>15} {fmt(r['erf_over_trf'], '.3f'):>8} {fmt(r['erf_over_image'], '.4f'):>9}")
+                   f"{side:>15} {fmt(r['erf_over_trf'], '.3f'):>8} {fmt(r['erf_over_image'], '.4f'):>9} "
+                   f"{fmt(r.get('mass90_side'), '.0f'):>8}")
     click.echo("sides in input pixels: TRF is the theoretical RF, ERF the side of the square of equal area to the "
-               "region above the threshold, mean ± std over units; ERF/image is that area over the image area")
+               "region above the threshold (the peak), mean ± std over units; ERF/image is that area over the image "
+               "area; 90% mass: side of the centred square holding 90% of the layer map's contribution (the reach)")
 
 
 @click.command("erf-probe", context_settings={"help_option_names": ["-h", "--help"], "show_default": True})

@@ -160,7 +160,7 @@ class ERFResult:
         Returns:
             ``(samples (n, k), over)``: ``over`` is ``"units"`` (units mode: the non-empty unit maps, whose
             mean is ``layer_map``), ``"images"`` (one map per probed image, when their mean reproduces
-            ``maps[0]``) or ``"none"`` (a single row: nothing to resample).
+            ``maps[0]``) or ``"none"`` (a single row: nothing to resample, no interval).
         """
         return _reach_samples(self.method, self.mode, self.image_size, self.maps, self.image_maps, self.trf,
                               self.topk_locations)
@@ -245,9 +245,9 @@ def _reach_samples(method, mode, image_size, maps, image_maps, trf, topk_locatio
     main = maps[0] if mode != "units" else None
     if mode == "units":
         keep = maps.reshape(len(maps), -1).max(axis=1) > 0  # (U,): the units the layer map averages
-        if keep.any():
-            return np.stack([reach_sums(m, (H, W), far) for m in maps[keep]]), "units"
-        return reach_sums(np.zeros((2 * H, 2 * W)), (H, W), far)[None], "none"
+        rows = np.stack([reach_sums(m, (H, W), far) for m in maps[keep]]) if keep.any() else \
+            reach_sums(np.zeros((2 * H, 2 * W)), (H, W), far)[None]
+        return rows, "units" if len(rows) > 1 else "none"  # one map: resampling it would fake certainty
     whole = reach_sums(main, (H, W), far)
     if image_maps is not None and len(image_maps) > 1 and "start" in trf and "jump" in trf:
         y, x = (int(v) for v in np.asarray(topk_locations)[0, 0])

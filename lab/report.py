@@ -6,17 +6,26 @@ reads run summaries, saves the figures and writes both pages atomically.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
+
+from erf.result import REACH_CI, ERFResult, reach_replicates
+from erf.stats import percentile_interval
 from erf.util import atomic_write
 from figures.report import report_html, report_markdown
 
-__all__ = ["write_report", "build_report"]
+__all__ = ["write_report", "build_report", "compare_reach", "answer_sentences"]
+
+PRIMARY = "mass_side@0.9"  # the measure the answer is given in: the reach, not the peak
+SAME_WITHIN = 0.05  # a ratio within 5% of 1 is "the same" even where its interval excludes 1 (sides are odd integers)
 
 
 def write_report(out: str | Path, *, summaries: Mapping[str, Mapping], erf_table: Sequence[Mapping],
-                 figures: Mapping[str, str | Path], findings: Sequence[str] = (), setup: str = "") -> tuple[Path, Path]:
+                 figures: Mapping[str, str | Path], findings: Sequence[str] = (), setup: str = "",
+                 answer: Sequence[str] = (), links: Mapping[str, str] | None = None) -> tuple[Path, Path]:
     """Write ``report.md`` (figures linked) and ``report.html`` (figures inline) into ``out``.
 
     Args:
@@ -26,6 +35,8 @@ def write_report(out: str | Path, *, summaries: Mapping[str, Mapping], erf_table
         figures: caption -> PNG path.
         findings: sentences stating what the numbers show, computed by the caller.
         setup: one paragraph describing data, models and budget.
+        answer: the report's first paragraph (see :func:`answer_sentences`).
+        links: label -> address of companion pages, listed under the answer (the result browser goes here).
 
     Returns:
         The paths of ``report.md`` and ``report.html``.
@@ -33,9 +44,9 @@ def write_report(out: str | Path, *, summaries: Mapping[str, Mapping], erf_table
     out = Path(out)
     rel = {c: (Path(p).relative_to(out) if Path(p).is_relative_to(out) else Path(p)).as_posix()
            for c, p in figures.items()}
-    md = report_markdown(summaries=summaries, erf_table=erf_table, figures=rel, findings=findings, setup=setup)
-    page = report_html(summaries=summaries, erf_table=erf_table, findings=findings, setup=setup,
-                       figures={c: Path(p).read_bytes() for c, p in figures.items()})
+    text = dict(summaries=summaries, erf_table=erf_table, findings=findings, setup=setup, answer=answer, links=links)
+    md = report_markdown(figures=rel, **text)
+    page = report_html(figures={c: Path(p).read_bytes() for c, p in figures.items()}, **text)
     md_path, html_path = out / "report.md", out / "report.html"
     with atomic_write(md_path, "w") as f:
         f.write(md)
@@ -44,8 +55,88 @@ def write_report(out: str | Path, *, summaries: Mapping[str, Mapping], erf_table
     return md_path, html_path
 
 
-def _findings(summaries: Mapping[str, Mapping], table: Sequence[Mapping]) -> list[str]:
-    """Sentences comparing the two models, computed from the numbers (nothing here is written in advance)."""
+def compare_reach(without: ERFResult, with_: ERFResult) -> dict:
+    """How the ERF's reach changes from ``without`` to ``with_`` (same layer and method), with bootstrap intervals.
+
+    The measure is the 90%-mass side of the map each result stands for (units: the mean of the unit maps;
+    gradient: the mean over images), as a ratio; the far-field share as a difference. Each model is resampled
+    on its own (units or images, :meth:`ERFResult.reach_samples`) and the interval is the percentile interval
+    of the replicate ratios (differences).
+
+    Returns:
+        dict with ``without``, ``with``, ``ratio``, ``ratio_ci``, ``far_without``, ``far_with``, ``far_diff``,
+        ``far_ci``, ``over`` (what was resampled, or ``"none"``) and ``verdict``: ``"wider"`` or ``"narrower"``
+        when the ratio's interval excludes 1 and the ratio is more than :data:`SAME_WITHIN` from 1, else
+        ``"the same"``; without an interval, the point ratio alone decides and ``over`` is ``"none"``.
+    """
+    ra, rb = without.summary["reach"], with_.summary["reach"]
+    a, b = ra[PRIMARY], rb[PRIMARY]
+    out = {"without": a, "with": b, "far_without": ra["far_share"], "far_with": rb["far_share"],
+           "ratio": math.nan, "ratio_ci": (math.nan, math.nan), "far_diff": math.nan, "far_ci": (math.nan, math.nan),
+           "over": "none", "verdict": "unknown"}
+    if a is None or b is None or not a > 0:
+        return out
+    out["ratio"] = b / a
+    if ra["far_share"] is not None and rb["far_share"] is not None:
+        out["far_diff"] = rb["far_share"] - ra["far_share"]
+    (sa, oa), (sb, ob) = without.reach_samples(), with_.reach_samples()
+    if oa != "none" and ob != "none":
+        reps_a, reps_b = reach_replicates(sa, seed=REACH_CI["seed"]), reach_replicates(sb, seed=REACH_CI["seed"] + 1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out["ratio_ci"] = percentile_interval(reps_b[PRIMARY] / reps_a[PRIMARY], REACH_CI["level"])
+        out["far_ci"] = percentile_interval(reps_b["far_share"] - reps_a["far_share"], REACH_CI["level"])
+        out["over"] = oa if oa == ob else f"{oa} and {ob}"
+        lo, hi = out["ratio_ci"]
+    else:
+        lo = hi = out["ratio"]
+    ratio = out["ratio"]
+    out["verdict"] = ("wider" if lo > 1 and ratio > 1 + SAME_WITHIN else
+                      "narrower" if hi < 1 and ratio < 1 / (1 + SAME_WITHIN) else "the same")
+    return out
+
+
+def answer_sentences(results: Mapping[tuple[str, str, str], ERFResult], without: str, with_: str) -> list[str]:
+    """The report's first paragraph: for each probed layer and method, does the ERF reach farther with context?
+
+    Every number comes from :func:`compare_reach`; the half-max side is quoted as what it is, the peak.
+    """
+    level = int(100 * REACH_CI["level"])
+    out = [f"With global context ({with_} against {without}), measured by the side of the centred square holding "
+           f"90% of each ERF map's contribution (the reach; {level}% bootstrap intervals in brackets):"]
+    layers = list(dict.fromkeys(layer for (_, layer, method) in results if method != "neuron"))
+    for layer in layers:
+        for method in ("occlusion", "gradient"):
+            a, b = results.get((without, layer, method)), results.get((with_, layer, method))
+            if a is None or b is None or "reach" not in a.summary or "reach" not in b.summary:
+                continue
+            c = compare_reach(a, b)
+            if c["verdict"] == "unknown":
+                out.append(f"{layer} ({method}): no ERF to measure in one of the models.")
+                continue
+            lo, hi = c["ratio_ci"]
+            ci = f" [{lo:.2f}, {hi:.2f}]" if math.isfinite(lo) else " (no interval: a single map)"
+            how = {"wider": "wider", "narrower": "narrower",
+                   "the same": f"the same (within {100 * SAME_WITHIN:.0f}% or within the interval)"}[c["verdict"]]
+            far = ""
+            if math.isfinite(c["far_diff"]):
+                flo, fhi = c["far_ci"]
+                fci = f" [{flo:+.2f}, {fhi:+.2f}]" if math.isfinite(flo) else ""
+                far = f"; far-field share {c['far_with']:.2f} against {c['far_without']:.2f} ({c['far_diff']:+.2f}{fci})"
+            peak_a, peak_b = (_peak_side(r) for r in (a, b))
+            peak = (f"; peak (half-max) side {peak_b:.0f} against {peak_a:.0f} px"
+                    if math.isfinite(peak_a) and math.isfinite(peak_b) else "")
+            out.append(f"{layer} ({method}): {how}, {c['with']:.0f} against {c['without']:.0f} px "
+                       f"({c['ratio']:.2f}x{ci}){far}{peak}.")
+    return out if len(out) > 1 else []
+
+
+def _peak_side(r: ERFResult) -> float:
+    s = r.layer_stats if r.mode == "units" else r.unit_stats[0]
+    return math.nan if s.get("side") is None else float(s["side"])
+
+
+def _findings(summaries: Mapping[str, Mapping]) -> list[str]:
+    """Sentences comparing the two models' segmentation, computed from the numbers."""
     out = []
     names = list(summaries)
     if len(names) == 2:
@@ -55,21 +146,22 @@ def _findings(summaries: Mapping[str, Mapping], table: Sequence[Mapping]) -> lis
             verb = "above" if mb > ma else "below" if mb < ma else "level with"
             out.append(f"{b} reaches {100 * mb:.1f}% mean IoU, {abs(100 * (mb - ma)):.1f} points {verb} "
                        f"{a}'s {100 * ma:.1f}%.")
-        for layer in dict.fromkeys(r["layer"] for r in table):
-            for method in ("occlusion", "gradient"):
-                rows = {r["model"]: r for r in table if r["layer"] == layer and r["method"] == method}
-                if a in rows and b in rows and rows[a].get("erf_side") and rows[b].get("erf_side"):
-                    sa, sb = rows[a]["erf_side"], rows[b]["erf_side"]
-                    word = "larger" if sb > sa else "smaller" if sb < sa else "the same size"
-                    out.append(f"{layer} ({method}): {b}'s ERF side is {sb:.0f} px against {a}'s {sa:.0f} px "
-                               f"({sb / sa:.2f}x, {word}); ERF/image {rows[b]['erf_over_image']:.2f} vs "
-                               f"{rows[a]['erf_over_image']:.2f}.")
     return out
 
 
+CAPTIONS = {
+    "unit_panels": "ParseNet Fig. 2 style: one fc7 neuron, its activation, TRF and ERF",
+    "training_curves": "Training loss and validation mean IoU",
+    "segmentation": "Segmentation: image, ground truth, FCN, ParseNet",
+}
+
+
 def build_report(out: str | Path, results: Mapping, runs: Mapping[str, Path], *, setup: str = "",
-                 fmt: str = "png") -> tuple[Path, Path, list[Path]]:
+                 fmt: str = "png", links: Mapping[str, str] | None = None) -> tuple[Path, Path, list[Path]]:
     """Figures and report of an experiment: ``results`` maps (model, layer, method) to ERFResult.
+
+    ``runs`` is ordered: the first model is the baseline without context, the second the one with it.
+    ``links`` (label -> address) are listed under the answer, e.g. the result browser's page.
 
     Returns:
         ``(report.md, report.html, figure paths)``.
@@ -85,16 +177,16 @@ def build_report(out: str | Path, results: Mapping, runs: Mapping[str, Path], *,
         if method == "neuron":
             continue
         table.append({**r.table_row(), "model": model, "layer": layer, "method": method,
-                      "global": bool(r.trf.get("is_global"))})
-    captions = {
-        "unit_panels": "ParseNet Fig. 2 style: one fc7 neuron, its activation, TRF and ERF",
-        "training_curves": "Training loss and validation mean IoU",
-        "segmentation": "Segmentation: image, ground truth, FCN, ParseNet",
-    }
+                      "global": bool(r.trf.get("is_global")), "reach": r.summary.get("reach")})
     figures = {}
     for p in paths:
-        caption = captions.get(p.stem) or p.stem.replace("_", " ")
-        figures[caption] = p
+        label = figs[p.stem].get_label()
+        caption = label if label and not label.startswith("_") else CAPTIONS.get(p.stem)
+        if caption is None and p.stem.startswith("feature_scale_"):
+            caption = f"{p.stem[len('feature_scale_'):]}: feature scale before and after L2 normalisation"
+        figures[caption or p.stem.replace("_", " ")] = p
+    names = list(runs)
+    answer = answer_sentences(results, names[0], names[1]) if len(names) == 2 else []
     md, page = write_report(out, summaries=summaries, erf_table=table, figures=figures,
-                            findings=_findings(summaries, table), setup=setup)
+                            findings=_findings(summaries), setup=setup, answer=answer, links=links)
     return md, page, paths

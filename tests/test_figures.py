@@ -702,7 +702,7 @@ def test_context_log_row_shows_decades_below_the_peak():
     fig = fig_context_comparison(m, {"FCN": 5.0, "ParseNet": 9.0}, size_label="90% mass", log_decades=3)
     titles = [ax.get_title() for ax in fig.axes if getattr(ax, "_colorbar", None) is None]
     assert titles == ["FCN\n90% mass 5 px", "ParseNet\n90% mass 9 px", "FCN, log scale", "ParseNet, log scale"]
-    assert _colorbar_labels(fig) == ["discrepancy (shared scale) (linear)", "log10(1 + x / 1e-3 max)"]
+    assert _colorbar_labels(fig) == ["discrepancy (shared scale)", "log10(1 + x / 1e-3 max)"]
     log_img = fig.axes[3].images[0].get_array()  # ParseNet's log panel: its peak is the shared maximum
     assert float(log_img.max()) == pytest.approx(np.log10(1 + 1e3))
     assert float(fig.axes[2].images[0].get_array().max()) == pytest.approx(np.log10(1 + 0.5e3))

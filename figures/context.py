@@ -164,7 +164,7 @@ def fig_context_comparison(
         if extents:
             notes.append(f"green: {size_label}")
         if threshold is not None:
-            notes.append(f"cyan: {threshold:g} of max (the peak)")
+            notes.append(f"cyan: {threshold:g} max (peak)")
         fig.supxlabel("; ".join(notes), fontsize=7)
     if title:
         fig.suptitle(title)

@@ -19,8 +19,9 @@ from figures.report import report_html, report_markdown
 
 __all__ = ["write_report", "build_report", "compare_reach", "answer_sentences"]
 
-PRIMARY = "mass_side@0.9"  # the measure the answer is given in: the reach, not the peak
-SAME_WITHIN = 0.05  # a ratio within 5% of 1 is "the same" even where its interval excludes 1 (sides are odd integers)
+PRIMARY = "far_share"  # the measure the answer is given in: how much of the ERF lies far from the unit
+PRIMARY_SIDE = "mass_side@0.9"  # quoted next to it: the side of the centred square holding 90% of the ERF
+SAME_WITHIN = 0.02  # a far-field share moving by less than 2 points is "the same" even where its interval excludes 0
 
 
 def write_report(out: str | Path, *, summaries: Mapping[str, Mapping], erf_table: Sequence[Mapping],
@@ -58,40 +59,40 @@ def write_report(out: str | Path, *, summaries: Mapping[str, Mapping], erf_table
 def compare_reach(without: ERFResult, with_: ERFResult) -> dict:
     """How the ERF's reach changes from ``without`` to ``with_`` (same layer and method), with bootstrap intervals.
 
-    The measure is the 90%-mass side of the map each result stands for (units: the mean of the unit maps;
-    gradient: the mean over images), as a ratio; the far-field share as a difference. Each model is resampled
-    on its own (units or images, :meth:`ERFResult.reach_samples`) and the interval is the percentile interval
-    of the replicate ratios (differences).
+    The answer is given in the far-field share (the direct measure of "sees far": the share of the contribution
+    farther than a quarter of the image side from the unit), as a difference; the 90%-mass side comes with it as
+    a ratio. Both are measured on the map each result stands for (units: the mean of the unit maps; gradient:
+    the mean over images). Each model is resampled on its own (units or images, :meth:`ERFResult.reach_samples`)
+    and each interval is the percentile interval of the replicate differences (ratios).
 
     Returns:
-        dict with ``without``, ``with``, ``ratio``, ``ratio_ci``, ``far_without``, ``far_with``, ``far_diff``,
-        ``far_ci``, ``over`` (what was resampled, or ``"none"``) and ``verdict``: ``"wider"`` or ``"narrower"``
-        when the ratio's interval excludes 1 and the ratio is more than :data:`SAME_WITHIN` from 1, else
-        ``"the same"``; without an interval, the point ratio alone decides and ``over`` is ``"none"``.
+        dict with ``far_without``, ``far_with``, ``far_diff``, ``far_ci``, ``without``, ``with`` (90%-mass sides),
+        ``ratio``, ``ratio_ci``, ``over`` (what was resampled, or ``"none"``) and ``verdict``: ``"wider"`` or
+        ``"narrower"`` when the far-field share's interval excludes 0 and it moves by at least
+        :data:`SAME_WITHIN`, else ``"the same"``; without an interval the point difference alone decides.
     """
     ra, rb = without.summary["reach"], with_.summary["reach"]
-    a, b = ra[PRIMARY], rb[PRIMARY]
-    out = {"without": a, "with": b, "far_without": ra["far_share"], "far_with": rb["far_share"],
-           "ratio": math.nan, "ratio_ci": (math.nan, math.nan), "far_diff": math.nan, "far_ci": (math.nan, math.nan),
-           "over": "none", "verdict": "unknown"}
-    if a is None or b is None or not a > 0:
+    out = {"without": ra[PRIMARY_SIDE], "with": rb[PRIMARY_SIDE], "far_without": ra[PRIMARY],
+           "far_with": rb[PRIMARY], "ratio": math.nan, "ratio_ci": (math.nan, math.nan), "far_diff": math.nan,
+           "far_ci": (math.nan, math.nan), "over": "none", "verdict": "unknown"}
+    if ra[PRIMARY] is None or rb[PRIMARY] is None:
         return out
-    out["ratio"] = b / a
-    if ra["far_share"] is not None and rb["far_share"] is not None:
-        out["far_diff"] = rb["far_share"] - ra["far_share"]
+    out["far_diff"] = rb[PRIMARY] - ra[PRIMARY]
+    if out["without"] and out["with"]:
+        out["ratio"] = out["with"] / out["without"]
     (sa, oa), (sb, ob) = without.reach_samples(), with_.reach_samples()
     if oa != "none" and ob != "none":
         reps_a, reps_b = reach_replicates(sa, seed=REACH_CI["seed"]), reach_replicates(sb, seed=REACH_CI["seed"] + 1)
+        out["far_ci"] = percentile_interval(reps_b[PRIMARY] - reps_a[PRIMARY], REACH_CI["level"])
         with np.errstate(divide="ignore", invalid="ignore"):
-            out["ratio_ci"] = percentile_interval(reps_b[PRIMARY] / reps_a[PRIMARY], REACH_CI["level"])
-        out["far_ci"] = percentile_interval(reps_b["far_share"] - reps_a["far_share"], REACH_CI["level"])
+            out["ratio_ci"] = percentile_interval(reps_b[PRIMARY_SIDE] / reps_a[PRIMARY_SIDE], REACH_CI["level"])
         out["over"] = oa if oa == ob else f"{oa} and {ob}"
-        lo, hi = out["ratio_ci"]
+        lo, hi = out["far_ci"]
     else:
-        lo = hi = out["ratio"]
-    ratio = out["ratio"]
-    out["verdict"] = ("wider" if lo > 1 and ratio > 1 + SAME_WITHIN else
-                      "narrower" if hi < 1 and ratio < 1 / (1 + SAME_WITHIN) else "the same")
+        lo = hi = out["far_diff"]
+    diff = out["far_diff"]
+    out["verdict"] = ("wider" if lo > 0 and diff >= SAME_WITHIN else
+                      "narrower" if hi < 0 and diff <= -SAME_WITHIN else "the same")
     return out
 
 
@@ -101,33 +102,50 @@ def answer_sentences(results: Mapping[tuple[str, str, str], ERFResult], without:
     Every number comes from :func:`compare_reach`; the half-max side is quoted as what it is, the peak.
     """
     level = int(100 * REACH_CI["level"])
-    out = [f"With global context ({with_} against {without}), measured by the side of the centred square holding "
-           f"90% of each ERF map's contribution (the reach; {level}% bootstrap intervals in brackets):"]
-    layers = list(dict.fromkeys(layer for (_, layer, method) in results if method != "neuron"))
-    for layer in layers:
+    pairs = []
+    for layer in dict.fromkeys(layer for (_, layer, method) in results if method != "neuron"):
         for method in ("occlusion", "gradient"):
             a, b = results.get((without, layer, method)), results.get((with_, layer, method))
-            if a is None or b is None or "reach" not in a.summary or "reach" not in b.summary:
-                continue
-            c = compare_reach(a, b)
-            if c["verdict"] == "unknown":
-                out.append(f"{layer} ({method}): no ERF to measure in one of the models.")
-                continue
+            if a is not None and b is not None and "reach" in a.summary and "reach" in b.summary:
+                pairs.append((layer, method, a, b))
+    if not pairs:
+        return []
+    H, W = pairs[0][2].image_size
+    radius = pairs[0][2].summary["reach"]["far_radius"]
+    out = [f"With global context ({with_} against {without}), measured by the far-field share, the part of each "
+           f"ERF map's contribution lying more than a quarter of the image side ({radius:.0f} px) from the unit "
+           f"({level}% bootstrap intervals in brackets):"]
+    saturated, global_layers = False, []
+    for layer, method, a, b in pairs:
+        c = compare_reach(a, b)
+        if c["verdict"] == "unknown":
+            out.append(f"{layer} ({method}): no ERF to measure in one of the models.")
+            continue
+        flo, fhi = c["far_ci"]
+        fci = f" [{flo:+.2f}, {fhi:+.2f}]" if math.isfinite(flo) else " (no interval: a single map)"
+        how = {"wider": "wider", "narrower": "narrower",
+               "the same": f"the same (a change under {SAME_WITHIN:.2f} or within the interval)"}[c["verdict"]]
+        side = ""
+        if math.isfinite(c["ratio"]):
             lo, hi = c["ratio_ci"]
-            ci = f" [{lo:.2f}, {hi:.2f}]" if math.isfinite(lo) else " (no interval: a single map)"
-            how = {"wider": "wider", "narrower": "narrower",
-                   "the same": f"the same (within {100 * SAME_WITHIN:.0f}% or within the interval)"}[c["verdict"]]
-            far = ""
-            if math.isfinite(c["far_diff"]):
-                flo, fhi = c["far_ci"]
-                fci = f" [{flo:+.2f}, {fhi:+.2f}]" if math.isfinite(flo) else ""
-                far = f"; far-field share {c['far_with']:.2f} against {c['far_without']:.2f} ({c['far_diff']:+.2f}{fci})"
-            peak_a, peak_b = (_peak_side(r) for r in (a, b))
-            peak = (f"; peak (half-max) side {peak_b:.0f} against {peak_a:.0f} px"
-                    if math.isfinite(peak_a) and math.isfinite(peak_b) else "")
-            out.append(f"{layer} ({method}): {how}, {c['with']:.0f} against {c['without']:.0f} px "
-                       f"({c['ratio']:.2f}x{ci}){far}{peak}.")
-    return out if len(out) > 1 else []
+            rci = f" [{lo:.2f}, {hi:.2f}]" if math.isfinite(lo) else ""
+            side = f"; 90%-mass side {c['with']:.0f} against {c['without']:.0f} px ({c['ratio']:.2f}x{rci})"
+            saturated |= max(c["with"], c["without"]) >= 0.9 * math.sqrt(H * W)
+        peak_a, peak_b = (_peak_side(r) for r in (a, b))
+        peak = (f"; peak (half-max) side {peak_b:.0f} against {peak_a:.0f} px"
+                if math.isfinite(peak_a) and math.isfinite(peak_b) else "")
+        out.append(f"{layer} ({method}): {how}, {c['far_with']:.2f} against {c['far_without']:.2f} "
+                   f"({c['far_diff']:+.2f}{fci}){side}{peak}.")
+        global_layers += [f"{m}'s {layer}" for m, r in ((without, a), (with_, b))
+                          if r.trf.get("is_global") and f"{m}'s {layer}" not in global_layers]
+    if saturated:
+        out.append(f"Where a 90%-mass side comes near the image side ({math.sqrt(H * W):.0f} px) the contribution "
+                   "covers the whole image, and that side can no longer tell the models apart.")
+    if global_layers:
+        one = len(global_layers) == 1
+        out.append(f"{', '.join(global_layers)} {'is' if one else 'are'} global: {'its' if one else 'their'} maps "
+                   "are centred on the image's centre, not on each unit.")
+    return out
 
 
 def _peak_side(r: ERFResult) -> float:

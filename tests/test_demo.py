@@ -66,14 +66,15 @@ def test_demo_results_load_and_match_report(demo_dir):
         for method in ("occlusion", "gradient"):
             a, b = (ERFResult.load(demo_dir / "probe" / m / layer / method).summary["reach"]
                     for m in ("fcn", "parsenet"))
-            said = answer.split(f"{layer} ({method}): ")[1].split(".")[0]
-            assert f"{b['mass_side@0.9']:.0f} against {a['mass_side@0.9']:.0f} px" in said
+            said = answer.split(f"{layer} ({method}): ")[1].split(" px.")[0]
+            assert f"{b['far_share']:.2f} against {a['far_share']:.2f}" in said
+            assert f"90%-mass side {b['mass_side@0.9']:.0f} against {a['mass_side@0.9']:.0f} px" in said
             verdict = said.split(",")[0]
             assert verdict in ("wider", "narrower") or verdict.startswith("the same")
             if verdict == "wider":
-                assert b["mass_side@0.9"] > a["mass_side@0.9"]
+                assert b["far_share"] > a["far_share"]
             if verdict == "narrower":
-                assert b["mass_side@0.9"] < a["mass_side@0.9"]
+                assert b["far_share"] < a["far_share"]
             assert f"| ParseNet | {layer} | {method} |" in md and f"| {b['mass_side@0.9']:.0f} [" in md
     for run in ("fcn", "parsenet"):
         summary = json.loads((demo_dir / "train" / run / "summary.json").read_text())

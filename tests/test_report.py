@@ -36,9 +36,12 @@ def test_a_far_lobe_reads_as_wider_though_the_peak_does_not_move():
     assert parsenet.layer_stats["side"] == fcn.layer_stats["side"]  # the half-max side sees only the peak
     sentences = answer_sentences({("FCN", "fc7", "occlusion"): fcn, ("ParseNet", "fc7", "occlusion"): parsenet},
                                  "FCN", "ParseNet")
-    assert sentences[0].startswith("With global context (ParseNet against FCN)")
-    want = (f"fc7 (occlusion): wider, {c['with']:.0f} against {c['without']:.0f} px ({c['ratio']:.2f}x "
-            f"[{c['ratio_ci'][0]:.2f}, {c['ratio_ci'][1]:.2f}])")
+    assert sentences[0].startswith("With global context (ParseNet against FCN), measured by the far-field share")
+    assert "(6 px) from the unit" in sentences[0]  # a quarter of the 24 px image side
+    flo, fhi = c["far_ci"]
+    want = (f"fc7 (occlusion): wider, {c['far_with']:.2f} against {c['far_without']:.2f} ({c['far_diff']:+.2f} "
+            f"[{flo:+.2f}, {fhi:+.2f}]); 90%-mass side {c['with']:.0f} against {c['without']:.0f} px "
+            f"({c['ratio']:.2f}x [{c['ratio_ci'][0]:.2f}, {c['ratio_ci'][1]:.2f}])")
     assert sentences[1].startswith(want)
     side = fcn.layer_stats["side"]
     assert sentences[1].endswith(f"peak (half-max) side {side:.0f} against {side:.0f} px.")
@@ -53,7 +56,7 @@ def test_the_same_maps_read_as_the_same_and_the_reverse_as_narrower():
 def test_without_resampling_the_point_ratio_decides_and_no_interval_is_printed():
     one_a, one_b = _units_result(0.0, 0, U=1), _units_result(0.45, 1, U=1)
     c = compare_reach(one_a, one_b)
-    assert c["verdict"] == "wider" and np.isnan(c["ratio_ci"][0])  # one unit: resampling it says nothing
+    assert c["verdict"] == "wider" and np.isnan(c["far_ci"][0])  # one unit: resampling it says nothing
     text = answer_sentences({("A", "l", "occlusion"): one_a, ("B", "l", "occlusion"): one_b}, "A", "B")[1]
     assert "(no interval: a single map)" in text
 

@@ -115,7 +115,9 @@ class ERFResult:
         topk_values: (U, K) float activation there.
         unit_stats: U dicts (:class:`erf.stats.ERFStats` ``.to_dict()``).
         layer_stats: statistics of ``layer_map``.
-        summary: mean/std over units of each statistic, plus the table row (:meth:`table_row`).
+        summary: mean/std over units of each statistic, the table row (:meth:`table_row`) and ``reach``: the
+            reach measures of ``layer_map`` (units) or ``maps[0]``, with 95% bootstrap intervals over units or
+            images (:meth:`reach_samples`; None where there is a single map).
         image_maps: (N, H, W) float32 raw per-image map on the image grid (neuron and gradient modes), else None.
         neuron: (c, y, x) of the probed neuron, or None.
         display_images: optional (N, H, W, 3) uint8 images as a person sees them, for figures.

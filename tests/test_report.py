@@ -1,6 +1,5 @@
 """The report's answer: computed from the reach measures, first in the page, and honest about its intervals."""
 import numpy as np
-import pytest
 
 from erf.result import build_result
 from figures.report import erf_rows, report_markdown

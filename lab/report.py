@@ -197,7 +197,7 @@ def build_report(out: str | Path, results: Mapping, runs: Mapping[str, Path], *,
         table.append({**r.table_row(), "model": model, "layer": layer, "method": method,
                       "global": bool(r.trf.get("is_global")), "reach": r.summary.get("reach")})
     figures = {}
-    for p in paths:
+    for p in sorted(paths, key=lambda p: not p.stem.startswith("reach_")):  # the answer's figures first
         label = figs[p.stem].get_label()
         caption = label if label and not label.startswith("_") else CAPTIONS.get(p.stem)
         if caption is None and p.stem.startswith("feature_scale_"):

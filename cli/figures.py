@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from cli._common import FOLDER, PATH, command, friendly_errors
-from figures.render import FORMATS, render
+from lab import FORMATS, render
 
 __all__ = ["main"]
 

@@ -16,7 +16,8 @@ from erf.occlusion import ENGINES, NOISE_KINDS, PRECISIONS, FullReinference, mak
 from erf.result import ERFResult
 from erf.rf import LayerRF, receptive_field, receptive_fields
 from erf.runner import ProbeSettings, run_probe
-from erf.stats import ERFStats, GaussianFit, centered_square, erf_stats, fit_gaussian, threshold_area
+from erf.stats import (ERFStats, GaussianFit, bootstrap_means, centered_square, erf_stats, far_field_share, fit_gaussian,
+                       percentile_interval, second_moment_radius, threshold_area)
 
 __all__ = [
     "LayerRF", "receptive_field", "receptive_fields",
@@ -29,4 +30,5 @@ __all__ = [
     "ProbeSettings", "run_probe",
     "ProcessShard", "join_process_group", "shard_indices",
     "ERFStats", "GaussianFit", "erf_stats", "fit_gaussian", "centered_square", "threshold_area", "ERFResult",
+    "far_field_share", "second_moment_radius", "bootstrap_means", "percentile_interval",
 ]

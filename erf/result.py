@@ -34,15 +34,19 @@ from pathlib import Path
 
 import numpy as np
 
-from erf.stats import ERFStats, erf_stats, summarize
+from erf.stats import (FAR_FRACTION, MASS_LEVELS, ERFStats, bootstrap_means, erf_stats, percentile_interval,
+                       reach_from_sums, reach_sums, summarize)
 from erf.util import atomic_write
 
-__all__ = ["FORMAT_VERSION", "ERFResult", "recenter", "canvas_anchor", "rf_to_dict", "build_result"]
+__all__ = ["FORMAT_VERSION", "ERFResult", "recenter", "canvas_anchor", "rf_to_dict", "build_result", "REACH_CI",
+           "reach_replicates"]
 
 FORMAT_VERSION = 2
 _READABLE_VERSIONS = (1, 2)  # 1: before the optional per-image top-K arrays existed
 _ARRAYS = ("units", "maps", "layer_map", "topk_images", "topk_locations", "topk_values")
 _OPTIONAL_ARRAYS = ("image_maps", "display_images", "activations", "topk_maps", "topk_activations")
+REACH_CI = {"level": 0.95, "n_boot": 1000, "seed": 0}  # the bootstrap behind every reach interval
+_CI_MEASURES = tuple(f"mass_side@{t:g}" for t in MASS_LEVELS) + ("far_share", "moment_radius")
 
 
 def canvas_anchor(center: tuple[float, float]) -> tuple[int, int]:
@@ -117,7 +121,9 @@ class ERFResult:
         topk_values: (U, K) float activation there.
         unit_stats: U dicts (:class:`erf.stats.ERFStats` ``.to_dict()``).
         layer_stats: statistics of ``layer_map``.
-        summary: mean/std over units of each statistic, plus the table row (:meth:`table_row`).
+        summary: mean/std over units of each statistic, the table row (:meth:`table_row`) and ``reach``: the
+            reach measures of ``layer_map`` (units) or ``maps[0]``, with 95% bootstrap intervals over units or
+            images (:meth:`reach_samples`; None where there is a single map).
         image_maps: (N, H, W) float32 raw per-image map on the image grid (neuron and gradient modes), else None.
         neuron: (c, y, x) of the probed neuron, or None.
         display_images: optional (N, H, W, 3) uint8 images as a person sees them, for figures and the browser
@@ -161,6 +167,17 @@ class ERFResult:
     def table_row(self) -> dict:
         """TRF side, ERF side, ERF/TRF and ERF/image of this layer (the printed table's row)."""
         return dict(self.summary["table"])
+
+    def reach_samples(self) -> tuple[np.ndarray, str]:
+        """One row of :func:`erf.stats.reach_sums` per unit or image; their mean is the main map's sums.
+
+        Returns:
+            ``(samples (n, k), over)``: ``over`` is ``"units"`` (units mode: the non-empty unit maps, whose
+            mean is ``layer_map``), ``"images"`` (one map per probed image, when their mean reproduces
+            ``maps[0]``) or ``"none"`` (a single row: nothing to resample, no interval).
+        """
+        return _reach_samples(self.method, self.mode, self.image_size, self.maps, self.image_maps, self.trf,
+                              self.topk_locations)
 
     # -- files ---------------------------------------------------------------
     def save(self, directory: str | os.PathLike) -> Path:
@@ -237,6 +254,53 @@ class ERFResult:
         )
 
 
+def _reach_samples(method, mode, image_size, maps, image_maps, trf, topk_locations) -> tuple[np.ndarray, str]:
+    """See :meth:`ERFResult.reach_samples`. Sums on the image grid are padded to the canvas's ring count."""
+    H, W = image_size
+    far = FAR_FRACTION * math.sqrt(H * W)
+    main = maps[0] if mode != "units" else None
+    if mode == "units":
+        keep = maps.reshape(len(maps), -1).max(axis=1) > 0  # (U,): the units the layer map averages
+        rows = np.stack([reach_sums(m, (H, W), far) for m in maps[keep]]) if keep.any() else \
+            reach_sums(np.zeros((2 * H, 2 * W)), (H, W), far)[None]
+        return rows, "units" if len(rows) > 1 else "none"  # one map: resampling it would fake certainty
+    whole = reach_sums(main, (H, W), far)
+    if image_maps is not None and len(image_maps) > 1 and "start" in trf and "jump" in trf:
+        y, x = (int(v) for v in np.asarray(topk_locations)[0, 0])
+        anchor = canvas_anchor((trf["start"][0] + y * trf["jump"][0], trf["start"][1] + x * trf["jump"][1]))
+        per = np.asarray(image_maps, dtype=np.float64)  # (N, H, W)
+        if method == "occlusion":  # the neuron map averages each image's map as a fraction of its peak
+            peak = per.reshape(len(per), -1).max(axis=1)
+            per = per / np.where(peak > 0, peak, 1.0)[:, None, None]
+        rows = []
+        for m in per:
+            s = reach_sums(m, anchor, far)  # (r + 2,): fewer rings than on the canvas
+            rows.append(np.concatenate([s[:-2], np.zeros(len(whole) - len(s)), s[-2:]]))
+        samples = np.stack(rows)
+        if np.allclose(samples.mean(0), whole, rtol=1e-3, atol=1e-6 * max(whole[:-2].sum(), 1e-30)):
+            return samples, "images"
+    return whole[None], "none"
+
+
+def reach_replicates(samples: np.ndarray, *, n_boot: int = REACH_CI["n_boot"],
+                     seed: int = REACH_CI["seed"]) -> dict[str, np.ndarray]:
+    """Bootstrap replicates (n_boot,) of each reach measure of the mean map, resampling the rows of ``samples``."""
+    reps = [reach_from_sums(r) for r in bootstrap_means(samples, n_boot=n_boot, seed=seed)]
+    return {k: np.array([r[k] for r in reps]) for k in _CI_MEASURES}
+
+
+def _reach_summary(stat: ERFStats, samples: np.ndarray, over: str) -> dict:
+    """The main map's reach measures with their bootstrap intervals (None where nothing is resampled)."""
+    out = {f"mass_side@{t:g}": v for t, v in zip(stat.mass_levels, stat.mass_sides)}
+    out.update(far_share=stat.far_share, far_radius=stat.far_radius, moment_radius=stat.moment_radius,
+               spread=stat.spread, spread_from=stat.spread_from, resampled=over, n=int(len(samples)),
+               ci_level=REACH_CI["level"], n_boot=REACH_CI["n_boot"])
+    reps = reach_replicates(samples) if over != "none" else {}
+    out["ci"] = {k: (list(percentile_interval(reps[k], REACH_CI["level"])) if k in reps else None)
+                 for k in _CI_MEASURES}
+    return out
+
+
 def build_result(
     *,
     method: str,
@@ -282,6 +346,9 @@ def build_result(
     trf_side = math.sqrt(float(rf[0]) * float(rf[1])) if isinstance(rf, (list, tuple)) else float(rf)
     erf_side = summary["side"]["mean"]
     summary["empty_units"] = int((~nonempty).sum())
+    samples, over = _reach_samples(method, mode, (H, W), maps, image_maps, trf, topk_locations)
+    summary["reach"] = _reach_summary(layer_stat, samples, over)  # of the layer map (units) or the one map
+    mass90 = summary["reach"]["mass_side@0.9"]
     summary["table"] = {
         "layer": layer,
         "units": int(len(maps)),
@@ -291,6 +358,9 @@ def build_result(
         "layer_map_side": layer_stat.side,
         "erf_over_trf": None if erf_side is None else erf_side / trf_side,
         "erf_over_image": summary["frac_image"]["mean"],  # ERF area / image area, mean over units
+        "mass90_side": mass90,  # side of the centred square holding 90% of the layer map's contribution
+        "mass90_ci": summary["reach"]["ci"]["mass_side@0.9"],
+        "far_share": summary["reach"]["far_share"],
     }
     return ERFResult(
         method=method, mode=mode, layer=layer, image_size=(H, W), config=_jsonify(config), model=_jsonify(model),

@@ -324,15 +324,17 @@ def _probe_one(model, layer, method, target: Path, made_from, images, s: ProbeSe
 
 
 def format_table(rows: list[dict]) -> str:
-    """The printed table: TRF side, ERF side (mean ± std over units), ERF/TRF and ERF/image per (layer, method)."""
+    """The printed table per (layer, method): TRF side, ERF side (half-max, mean ± std over units), ERF/TRF,
+    ERF/image and the 90%-mass side of the layer map."""
     header = (f"{'layer':<18} {'method':<10} {'mode':<8} {'units':>5} {'TRF side':>9} {'ERF side':>15} "
-              f"{'ERF/TRF':>8} {'ERF/image':>9}")
+              f"{'ERF/TRF':>8} {'ERF/image':>9} {'90% mass':>8}")
     lines = [header, "-" * len(header)]
     for r in rows:
         side = f"{format_number(r['erf_side'], '.1f')} ± {format_number(r['erf_side_std'], '.1f')}"
         lines.append(f"{r['layer']:<18} {r['method']:<10} {r['mode']:<8} {r['units']:>5} "
                      f"{format_number(r['trf_side'], '.1f'):>9} {side:>15} {format_number(r['erf_over_trf'], '.3f'):>8} "
-                     f"{format_number(r['erf_over_image'], '.4f'):>9}")
+                     f"{format_number(r['erf_over_image'], '.4f'):>9} {format_number(r.get('mass90_side'), '.0f'):>8}")
     lines.append("sides in input pixels: TRF is the theoretical RF, ERF the side of the square of equal area to the "
-                 "region above the threshold, mean ± std over units; ERF/image is that area over the image area")
+                 "region above the threshold (the peak), mean ± std over units; ERF/image is that area over the image "
+                 "area; 90% mass: side of the centred square holding 90% of the layer map's contribution (the reach)")
     return "\n".join(lines)

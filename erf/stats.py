@@ -11,6 +11,26 @@ or |gradient|). Three views of its size:
   holds a fraction ``t`` of the map's total, for ``t`` in 0.2, 0.3, 0.5, 0.99.
 * **Gaussian fit** (Luo et al. 2016, Sec. 2: the ERF is Gaussian-shaped): an
   axis-aligned 2-D Gaussian fitted by least squares, its sigmas and R^2.
+
+The thresholded size measures the *peak*: a map with a strong centre and a
+second lobe far away has the same half-max side as the centre alone. Three
+measures of *reach* follow the contribution wherever it lies:
+
+* **Contribution-mass extent**: the centred-square side holding 50%, 90% and
+  99% of the total (RepLKNet, Ding et al. CVPR 2022, report the same squares
+  as a high-contribution area ratio, side^2 / image area, at t = 0.2, 0.3,
+  0.5, 0.99: ``square_frac_image``).
+* **Far-field share**: the fraction of the total lying farther than a radius
+  from the neuron (default: a quarter of the image side).
+* **Second-moment radius**: ``sqrt(E[(dy^2 + dx^2) / 2])`` over the
+  contribution, distances from the neuron: the per-axis RMS distance, which
+  equals sigma for a Gaussian centred on the neuron. It is the reported
+  *spread* wherever the Gaussian fit is poor (R^2 < :data:`FIT_R2_MIN`).
+
+All three are ratios of sums that are linear in the map (:func:`reach_sums`),
+so the measures of a mean of maps follow from the mean of their sums; that is
+what makes the bootstrap over units or images (:func:`bootstrap_means`,
+:func:`percentile_interval`) cheap.
 """
 from __future__ import annotations
 
@@ -22,6 +42,14 @@ import numpy as np
 
 __all__ = [
     "CONTRIBUTION_LEVELS",
+    "MASS_LEVELS",
+    "FIT_R2_MIN",
+    "far_field_share",
+    "second_moment_radius",
+    "reach_sums",
+    "reach_from_sums",
+    "bootstrap_means",
+    "percentile_interval",
     "GaussianFit",
     "ERFStats",
     "threshold_area",
@@ -31,7 +59,10 @@ __all__ = [
     "summarize",
 ]
 
-CONTRIBUTION_LEVELS = (0.2, 0.3, 0.5, 0.99)
+CONTRIBUTION_LEVELS = (0.2, 0.3, 0.5, 0.99)  # RepLKNet's high-contribution area ratio levels
+MASS_LEVELS = (0.5, 0.9, 0.99)  # contribution-mass extent: fractions of the total in the centred square
+FIT_R2_MIN = 0.5  # below this R^2 the Gaussian's sigma is not reported; the second-moment radius is
+FAR_FRACTION = 0.25  # default far-field radius: a quarter of the image side
 _FIT_MAX_SIDE = 128  # larger crops are block-averaged before the fit: same sigmas, 10x faster
 
 
@@ -83,6 +114,136 @@ def centered_square(m: np.ndarray, center: tuple[int, int], t: float) -> float:
     cum = np.cumsum(mass) / total
     r = int(np.searchsorted(cum, t * (1 - 1e-12)))  # first ring whose cumulative share reaches t
     return float(2 * min(r, len(cum) - 1) + 1)
+
+
+def _offsets(shape: tuple[int, int], center: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(H, W) Chebyshev ring index and (H, W) half squared distance ``(dy^2 + dx^2) / 2`` from ``center``."""
+    H, W = shape
+    dy = np.abs(np.arange(H) - int(center[0]))[:, None].astype(np.float64)  # (H, 1)
+    dx = np.abs(np.arange(W) - int(center[1]))[None, :].astype(np.float64)  # (1, W)
+    return np.maximum(dy, dx).astype(np.int64), (dy ** 2 + dx ** 2) / 2
+
+
+def reach_sums(m: np.ndarray, center: tuple[int, int], far_radius: float) -> np.ndarray:
+    """The sums every reach measure of ``m`` is made of; all linear in ``m``.
+
+    Args:
+        m: non-negative map (H, W).
+        center: (y, x) pixel of the neuron.
+        far_radius: distance in pixels beyond which contribution counts as far field.
+
+    Returns:
+        (R + 2,) array: the mass on each Chebyshev ring 0 .. R - 1 around ``center``
+        (R reaches the farthest corner), the mass farther than ``far_radius``
+        (Euclidean), and the second-moment sum ``sum m * (dy^2 + dx^2) / 2``.
+        Maps of one shape and centre give sums of one length; their mean is the
+        sums of their mean map.
+
+    Example:
+        >>> reach_sums(np.array([[0.0, 1.0], [0.0, 2.0]]), (1, 1), 0.5).tolist()
+        [2.0, 1.0, 1.0, 0.5]
+    """
+    m = _check_map(m)
+    ring, half_d2 = _offsets(m.shape, center)
+    rings = np.bincount(ring.ravel(), weights=m.ravel())  # (R,): mass on each ring
+    far = m[2 * half_d2 > far_radius ** 2].sum()
+    return np.concatenate([rings, [far, (m * half_d2).sum()]])
+
+
+def reach_from_sums(sums: np.ndarray, levels: Sequence[float] = MASS_LEVELS) -> dict[str, float]:
+    """Mass-extent sides, far-field share and second-moment radius from :func:`reach_sums` (or their mean).
+
+    Returns:
+        ``{"mass_side@<t>": side for t in levels, "far_share": ..., "moment_radius": ...}``; NaN for a zero map.
+
+    Example:
+        >>> r = reach_from_sums(np.array([2.0, 1.0, 1.0, 0.5]), levels=(0.5, 0.9))
+        >>> r["mass_side@0.5"], r["mass_side@0.9"], round(r["far_share"], 3), round(r["moment_radius"], 3)
+        (1.0, 3.0, 0.333, 0.408)
+    """
+    sums = np.asarray(sums, dtype=np.float64)
+    rings, far, moment = sums[:-2], sums[-2], sums[-1]
+    total = rings.sum()
+    out: dict[str, float] = {}
+    if total <= 0:
+        return {**{f"mass_side@{t:g}": math.nan for t in levels}, "far_share": math.nan, "moment_radius": math.nan}
+    cum = np.cumsum(rings) / total
+    for t in levels:
+        r = int(np.searchsorted(cum, t * (1 - 1e-12)))  # first ring whose cumulative share reaches t
+        out[f"mass_side@{t:g}"] = float(2 * min(r, len(cum) - 1) + 1)
+    out["far_share"] = float(far / total)
+    out["moment_radius"] = math.sqrt(max(moment / total, 0.0))
+    return out
+
+
+def far_field_share(m: np.ndarray, center: tuple[int, int], radius: float) -> float:
+    """Fraction of ``m.sum()`` lying farther than ``radius`` pixels (Euclidean) from ``center``; NaN for a zero map.
+
+    Example:
+        >>> m = np.zeros((9, 9)); m[4, 4] = 3; m[0, 8] = 1
+        >>> far_field_share(m, (4, 4), 2.0)
+        0.25
+    """
+    return reach_from_sums(reach_sums(m, center, radius), levels=())["far_share"]
+
+
+def second_moment_radius(m: np.ndarray, center: tuple[int, int]) -> float:
+    """``sqrt(sum m (dy^2 + dx^2) / 2 / sum m)``: per-axis RMS distance from ``center`` (a Gaussian's sigma).
+
+    Example:
+        >>> m = np.zeros((5, 5)); m[2, 0] = m[2, 4] = 1  # two pixels 2 px left and right
+        >>> second_moment_radius(m, (2, 2))
+        1.4142135623730951
+    """
+    return reach_from_sums(reach_sums(m, center, math.inf), levels=())["moment_radius"]
+
+
+def bootstrap_means(samples: np.ndarray, *, n_boot: int = 1000, seed: int = 0) -> np.ndarray:
+    """Means of ``n_boot`` resamples (with replacement) of the rows of ``samples``.
+
+    How: each resample is a row of counts (how often each sample was drawn,
+    multinomial with equal weights), so all resample means are one matrix
+    product ``counts @ samples / n``. Apply a measure to each replicate and take
+    :func:`percentile_interval` for a percentile bootstrap confidence interval.
+
+    Args:
+        samples: (n, k) one row per unit or image (e.g. :func:`reach_sums`).
+        n_boot: number of resamples.
+        seed: seed of the resampling (results are reproducible).
+
+    Returns:
+        (n_boot, k) replicate means.
+
+    Example:
+        >>> bootstrap_means(np.ones((4, 3)), n_boot=2).shape
+        (2, 3)
+    """
+    samples = np.asarray(samples, dtype=np.float64)
+    if samples.ndim != 2 or len(samples) == 0:
+        raise ValueError(f"samples of shape {samples.shape}; expected (n, k) with n >= 1")
+    if n_boot < 1:
+        raise ValueError(f"n_boot={n_boot!r}; expected a positive number of resamples")
+    n = len(samples)
+    rng = np.random.default_rng(seed)
+    counts = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(np.float64)  # (B, n)
+    return counts @ samples / n  # (B, k)
+
+
+def percentile_interval(replicates: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """The central ``level`` interval of bootstrap replicates (NaN replicates ignored; NaN if none is finite).
+
+    Example:
+        >>> percentile_interval(np.arange(101.0), 0.5)
+        (25.0, 75.0)
+    """
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level={level!r}; expected a coverage in (0, 1), e.g. 0.95")
+    v = np.asarray(replicates, dtype=np.float64).ravel()
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return math.nan, math.nan
+    lo, hi = np.quantile(v, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
 
 
 @dataclass(frozen=True)
@@ -168,6 +329,11 @@ class ERFStats:
         square_sides: centred-square side for each level in ``levels``.
         square_frac_image: ``side ** 2 / image_area`` for each level.
         sigma_y, sigma_x, r2: the Gaussian fit.
+        mass_levels, mass_sides: contribution-mass extent, the centred-square side holding each fraction.
+        far_radius, far_share: share of the total farther than ``far_radius`` px from the neuron.
+        moment_radius: the second-moment radius (per-axis RMS distance from the neuron).
+        spread, spread_from: ``sqrt(sigma_y * sigma_x)`` (``"fit"``) when ``r2 >= FIT_R2_MIN``, else
+            ``moment_radius`` (``"moment"``): the one spread to print; a failed fit's sigma never is.
         threshold, levels, trf_area, image_area: the inputs, kept for the record.
     """
 
@@ -184,6 +350,13 @@ class ERFStats:
     levels: tuple[float, ...]
     trf_area: float
     image_area: float
+    mass_levels: tuple[float, ...] = MASS_LEVELS
+    mass_sides: tuple[float, ...] = (math.nan,) * len(MASS_LEVELS)
+    far_radius: float = math.nan
+    far_share: float = math.nan
+    moment_radius: float = math.nan
+    spread: float = math.nan
+    spread_from: str = "none"
 
     def to_dict(self) -> dict:
         """JSON-ready dict (NaN becomes None)."""
@@ -206,6 +379,8 @@ def erf_stats(
     image_area: float,
     threshold: float = 0.5,
     levels: Sequence[float] = CONTRIBUTION_LEVELS,
+    mass_levels: Sequence[float] = MASS_LEVELS,
+    far_radius: float | None = None,
 ) -> ERFStats:
     """All statistics of one map (H, W) whose neuron sits at pixel ``center``.
 
@@ -216,6 +391,8 @@ def erf_stats(
         image_area: H * W of the probed images.
         threshold: fraction of the max for the thresholded size (default 0.5).
         levels: fractions of the total for the centred squares.
+        mass_levels: fractions of the total for the contribution-mass extent.
+        far_radius: far-field radius in pixels; default a quarter of the image side, ``sqrt(image_area) / 4``.
 
     Returns:
         :class:`ERFStats`; sizes are NaN for an all-zero map.
@@ -234,12 +411,20 @@ def erf_stats(
     area = math.nan if empty else threshold_area(m, threshold)
     sides = tuple(centered_square(m, center, t) for t in levels)
     fit = fit_gaussian(m)
+    far_radius = FAR_FRACTION * math.sqrt(image_area) if far_radius is None else float(far_radius)
+    reach = reach_from_sums(reach_sums(m, center, far_radius), mass_levels)
+    fit_ok = math.isfinite(fit.r2) and fit.r2 >= FIT_R2_MIN
+    spread = math.sqrt(fit.sigma_y * fit.sigma_x) if fit_ok else reach["moment_radius"]
     return ERFStats(
         area=area, side=math.sqrt(area), frac_trf=area / trf_area, frac_image=area / image_area,
         square_sides=sides, square_frac_image=tuple(s * s / image_area for s in sides),
         sigma_y=fit.sigma_y, sigma_x=fit.sigma_x, r2=fit.r2,
         threshold=float(threshold), levels=tuple(float(t) for t in levels),
         trf_area=float(trf_area), image_area=float(image_area),
+        mass_levels=tuple(float(t) for t in mass_levels),
+        mass_sides=tuple(reach[f"mass_side@{t:g}"] for t in mass_levels),
+        far_radius=far_radius, far_share=reach["far_share"], moment_radius=reach["moment_radius"],
+        spread=spread, spread_from="fit" if fit_ok else ("none" if empty else "moment"),
     )
 
 
@@ -253,10 +438,13 @@ def summarize(stats: Sequence[ERFStats]) -> dict:
     if not stats:
         raise ValueError("no statistics to summarise; expected at least one ERFStats")
     out = {}
-    for key in ("area", "side", "frac_trf", "frac_image", "sigma_y", "sigma_x", "r2"):
+    for key in ("area", "side", "frac_trf", "frac_image", "sigma_y", "sigma_x", "r2",
+                "far_share", "moment_radius", "spread"):
         out[key] = _describe(np.array([getattr(s, key) for s in stats], dtype=np.float64))
     for i, t in enumerate(stats[0].levels):
         out[f"square_side@{t:g}"] = _describe(np.array([s.square_sides[i] for s in stats], dtype=np.float64))
+    for i, t in enumerate(stats[0].mass_levels):
+        out[f"mass_side@{t:g}"] = _describe(np.array([s.mass_sides[i] for s in stats], dtype=np.float64))
     return out
 
 

@@ -35,7 +35,6 @@ __all__ = [
     "check_width",
     "check_fraction",
     "check_nonempty",
-    "threshold_area",
     "greyscale",
     "minmax_scale",
     "fraction_of_max",
@@ -187,21 +186,6 @@ def check_nonempty(items: Sequence | Mapping, name: str, what: str) -> None:
     """Refuse an empty list or dict with a line that says what was expected in it."""
     if len(items) == 0:
         raise ValueError(f"{name} is empty; expected at least one {what}")
-
-
-def threshold_area(erf_map: np.ndarray, threshold: float) -> int:
-    """Number of pixels at or above ``threshold`` times the map's maximum; 0 for an all-zero or all-NaN map.
-
-    This is the thresholded ERF size of Zhou et al. (2015), Sec. 3.2; the
-    equal-area square has side ``sqrt(area)``.
-    """
-    finite = erf_map[np.isfinite(erf_map)]
-    if finite.size == 0:
-        return 0
-    peak = finite.max()
-    if peak <= 0:
-        return 0
-    return int(np.count_nonzero(finite >= threshold * peak))
 
 
 def greyscale(image: np.ndarray) -> np.ndarray:

@@ -34,6 +34,7 @@ from figures._style import (
 __all__ = ["fig_methods"]
 
 METHOD_COLORS = ("tab:orange", "tab:blue")
+_PROFILE_TOP = 1.5  # the profile's y range ends here: the band above 1 holds the legend
 
 
 @styled
@@ -151,11 +152,14 @@ def fig_methods(
         ax_prof.axhline(threshold, color="0.5", linestyle=":", linewidth=0.8, label=f"threshold {threshold:g}")
     ax_prof.set_xlabel("x offset from peak (px)")
     ax_prof.set_ylabel("fraction of max")
-    ax_prof.set_ylim(0, 1.05)
+    ax_prof.set_ylim(0, _PROFILE_TOP)
     ax_prof.set_yticks([0, 0.25, 0.5, 0.75, 1.0])  # fixed labels: constrained layout sizes the margin right on the first draw
     ax_prof.set_title("row through each peak")
     ax_prof.grid(linewidth=0.4, alpha=0.5)
-    ax_prof.legend(loc="upper left", frameon=False)  # the profiles peak at 0: corners hold only tails
+    # In a band above 1, where no profile goes (each is a fraction of its own maximum): a wide ERF's tails
+    # fill the corners too, and a legend in a corner covered them.
+    ax_prof.legend(loc="upper center", ncol=2, frameon=False, borderaxespad=0.2, columnspacing=1.0,
+                   handlelength=1.5)
     if title:
         fig.suptitle(title)
     return fig

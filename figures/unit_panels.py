@@ -15,6 +15,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from erf.stats import threshold_area
 from figures._style import (
     ACTIVATION_CMAP,
     ERF_CMAP,
@@ -31,7 +32,6 @@ from figures._style import (
     check_width,
     new_figure,
     styled,
-    threshold_area,
 )
 
 __all__ = ["UnitPanel", "fig_unit_panels"]
@@ -160,7 +160,7 @@ def fig_unit_panels(
         _draw_trf(ax_trf, image, (top, left, bottom, right), extent)
 
         erf = as_map(row.erf_map, "erf_map")
-        area = threshold_area(erf, threshold)
+        area = threshold_area(np.nan_to_num(erf), threshold)  # NaN: no effect; the size erf.stats reports
         erf_side = math.sqrt(area) if row.erf_side is None else float(row.erf_side)
         frac = erf_side * erf_side / (H * W)
         ax_erf.imshow(grey, cmap="gray", vmin=0, vmax=1, extent=extent)

@@ -1,9 +1,7 @@
 """parsenet: ParseNet (Liu, Rabinovich & Berg 2015) and its FCN baseline, with data, training and metrics."""
-from parsenet.analysis import feature_norms, predict
 from parsenet.checkpoint import TrainedModel, load_checkpoint, load_model_from_checkpoint, load_trained_model, save_checkpoint
 from parsenet.config import ParseNetConfig
 from parsenet.data import DatasetInfo, SegmentationDataset, build_dataset, dataset_names, denormalize, export_folder
-from parsenet.experiment import DemoConfig, run_experiment
 from parsenet.layers import L2Norm, Upsample
 from parsenet.metrics import ConfusionMatrix, SegmentationMetrics, metrics_table
 from parsenet.model import ParseNet, build_model, min_input_size, parameter_groups
@@ -18,5 +16,4 @@ __all__ = [
     "ConfusionMatrix", "SegmentationMetrics", "metrics_table",
     "TrainConfig", "train", "evaluate", "evaluate_checkpoint", "load_run_config", "PRESETS", "preset", "merge_options",
     "save_checkpoint", "load_checkpoint", "load_model_from_checkpoint", "TrainedModel", "load_trained_model",
-    "predict", "feature_norms", "DemoConfig", "run_experiment",
 ]

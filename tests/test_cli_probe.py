@@ -57,6 +57,10 @@ def test_occlusion_round_trip_and_table(setup):
     assert res.model["name"] == "tinynets_probe:tiny" and res.config["patch"] == [5, 5]
     table = json.loads((tmp / "out" / "table.json").read_text())
     assert table["rows"][0]["trf_side"] == 5.0 and table["images"] == 3
+    # The printed table has the 90%-mass side of the layer map (the reach) next to the half-max side (the peak).
+    assert "90% mass" in result.output and table["rows"][0]["mass90_side"] == res.summary["reach"]["mass_side@0.9"]
+    row_line = next(line for line in result.output.splitlines() if line.startswith("3 "))
+    assert row_line.split()[-1] == f"{res.table_row()['mass90_side']:.0f}"
     assert not (tmp / "out" / "occlusion-3" / "state.npz").exists()
 
 

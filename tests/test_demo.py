@@ -10,7 +10,7 @@ from PIL import Image
 from cli.demo import main as demo_main
 from cli.figures import main as figures_main
 from erf.result import ERFResult
-from parsenet.analysis import feature_norms, predict
+from lab import feature_norms, predict
 from parsenet.config import ParseNetConfig
 from parsenet.model import build_model
 
@@ -33,7 +33,7 @@ def test_demo_writes_report_with_every_figure(demo_dir):
     stems = {p.stem for p in figures}
     expected = {"unit_panels", "trf_vs_erf_FCN", "trf_vs_erf_ParseNet", "context_fc7_occlusion",
                 "context_score_occlusion", "feature_scale_ParseNet", "segmentation", "methods_ParseNet_fc7",
-                "training_curves"}
+                "training_curves", "reach_occlusion", "reach_gradient", "context_fc7_gradient"}
     assert expected <= stems
     for p in figures:  # every figure is a readable PNG, embedded in both reports
         with Image.open(p) as im:
@@ -42,6 +42,8 @@ def test_demo_writes_report_with_every_figure(demo_dir):
     assert html.count("data:image/png;base64,") == len(figures)
     for header in ("## The question", "| model | pixel acc", "| model | layer | method | TRF side"):
         assert header in md
+    # Captions are written for a reader, not file names.
+    assert "### fc7: occlusion ERF with and without global context" in md and "### context fc7" not in md
 
 
 def test_demo_results_load_and_match_report(demo_dir):
@@ -57,6 +59,23 @@ def test_demo_results_load_and_match_report(demo_dir):
     md = (demo_dir / "report.md").read_text()
     fc7 = ERFResult.load(demo_dir / "probe" / "parsenet" / "fc7" / "occlusion").table_row()
     assert f"| ParseNet | fc7 | occlusion | {fc7['trf_side']:.0f} | {fc7['erf_side']:.0f} ±" in md
+    # The first paragraph answers, per layer and method, from the same 90%-mass sides the table shows.
+    answer = md.split("\n\n")[1]
+    assert answer.startswith("With global context (ParseNet against FCN)")
+    for layer in ("conv5_3", "fc7", "score"):
+        for method in ("occlusion", "gradient"):
+            a, b = (ERFResult.load(demo_dir / "probe" / m / layer / method).summary["reach"]
+                    for m in ("fcn", "parsenet"))
+            said = answer.split(f"{layer} ({method}): ")[1].split(" px.")[0]
+            assert f"{b['far_share']:.2f} against {a['far_share']:.2f}" in said
+            assert f"90%-mass side {b['mass_side@0.9']:.0f} against {a['mass_side@0.9']:.0f} px" in said
+            verdict = said.split(",")[0]
+            assert verdict in ("wider", "narrower") or verdict.startswith("the same")
+            if verdict == "wider":
+                assert b["far_share"] > a["far_share"]
+            if verdict == "narrower":
+                assert b["far_share"] < a["far_share"]
+            assert f"| ParseNet | {layer} | {method} |" in md and f"| {b['mass_side@0.9']:.0f} [" in md
     for run in ("fcn", "parsenet"):
         summary = json.loads((demo_dir / "train" / run / "summary.json").read_text())
         assert summary["finished"]

@@ -10,12 +10,14 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from matplotlib.text import Text
 
-from figures._style import as_box, fmt_num, fmt_stats, fraction_of_max, threshold_area
+from erf.stats import threshold_area
+from figures._style import as_box, fmt_num, fmt_stats, fraction_of_max
 from figures.context import fig_context_comparison
 from figures.curves import _ema, fig_training_curves
 from figures.feature_scale import fig_feature_scale
 from figures.layers import fig_trf_vs_erf
 from figures.methods import fig_methods
+from figures.reach import fig_reach_comparison
 from figures.segmentation import colorize_labels, fig_segmentation
 from figures.unit_panels import UnitPanel, fig_unit_panels
 
@@ -63,13 +65,15 @@ def _legend_texts(legend) -> list[str]:
 # ---------------------------------------------------------------- shared helpers, hand-checked
 
 
-def test_threshold_area_counts_pixels_at_or_above_fraction_of_max():
-    m = np.array([[0.0, 1.0, 2.0], [3.0, 4.0, 0.0]])
-    assert threshold_area(m, 0.5) == 3  # peak 4: values 2, 3, 4 are >= 2
-    assert threshold_area(m, 0.9) == 1
-    assert threshold_area(np.zeros((3, 3)), 0.5) == 0
-    assert threshold_area(np.full((2, 2), np.nan), 0.5) == 0
-    assert threshold_area(np.array([[np.nan, 2.0], [1.0, 0.5]]), 0.5) == 2
+def test_unit_panel_erf_size_is_the_one_erf_stats_reports():
+    # Issue 12: figures counted pixels at or above the threshold, erf.stats strictly above, so a figure
+    # printed 3 px where summary.json said 1 px. One threshold_area (erf.stats) now serves both.
+    assert threshold_area(np.array([[0.0, 0.6], [1.0, 0.5]]), 0.5) == 2
+    erf = np.zeros((H, W))
+    erf[10, 10] = 1.0
+    erf[11, 9:13] = erf[9, 9:13] = 0.5  # 8 pixels exactly at half the maximum: not above it
+    assert threshold_area(erf, 0.5) == 1
+    assert fig_unit_panels([_row(erf_map=erf)]).axes[3].get_title().startswith("(d) ERF 1 px")
 
 
 def test_fmt_num_and_fmt_stats():
@@ -473,6 +477,20 @@ def test_methods_titles_profile_and_colour_bar():
     assert y.max() == pytest.approx(1.0) and x[np.argmax(y)] == 0  # profile through the peak, centred
 
 
+def test_methods_profile_legend_lies_outside_the_curves():
+    wide = _blob(sigma=12)  # tails reach every corner of the profile plot
+    for width in (3.5, 7.0):
+        fig = fig_methods(wide, wide, {"side (px)": 20.0}, {"side (px)": 20.0}, width=width)
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        prof = [ax for ax in fig.axes if getattr(ax, "_colorbar", None) is None][2]
+        legend = prof.get_legend().get_window_extent(renderer)
+        top_of_curves = prof.transData.transform((0, 1.0))[1]  # every profile is a fraction of its own max
+        assert legend.y0 > top_of_curves, f"width {width}: the legend reaches down into the curves"
+        inside = prof.get_window_extent(renderer)
+        assert inside.x0 <= legend.x0 and legend.x1 <= inside.x1 and legend.y1 <= inside.y1
+
+
 def test_methods_all_zero_maps_and_empty_stats():
     fig = fig_methods(np.zeros((8, 8)), np.zeros((8, 10)), {}, {"n": 3}, threshold=None)
     assert [ax.get_title() for ax in fig.axes[:2]] == ["occlusion", "gradient\nn 3"]
@@ -578,7 +596,18 @@ def _all_figures(width: float | None = None) -> dict[str, Figure]:
                                {"side (px)": 7.1, "sigma (px)": 3.01}, title="conv5_3", **w),
         "curves": fig_training_curves({"FCN": _run(0.5), "ParseNet (global context, L2 norm)": _run(0.6)},
                                       title="runs", **w),
+        "context_log": fig_context_comparison({"FCN": _blob(sigma=3), "ParseNet": _blob(sigma=7)},
+                                              {"FCN": 7.0, "ParseNet": 15.0}, size_label="90% mass", log_decades=3,
+                                              title="fc7: gradient ERF with and without global context", **w),
+        "reach": fig_reach_comparison(["conv5_3", "fc7", "score"], _reach_measures(), title="occlusion", **w),
     }
+
+
+def _reach_measures() -> dict[str, dict[str, np.ndarray]]:
+    v = np.array([[10.0, 8, 12], [20, 18, 23], [30, 25, 33]])
+    return {"50% mass side (px)": {"FCN": v, "ParseNet": 1.2 * v}, "90% mass side (px)": {"FCN": 2 * v, "ParseNet": 3 * v},
+            "99% mass side (px)": {"FCN": 3 * v, "ParseNet": 4 * v},
+            "far-field share": {"FCN": v / 100, "ParseNet": np.array([[0.3, np.nan, np.nan], [0.4, 0.3, 0.5], [np.nan] * 3])}}
 
 
 @pytest.fixture(scope="module")
@@ -640,3 +669,42 @@ def test_figures_do_not_touch_pyplot_state():
     before = plt.get_fignums()
     _all_figures()
     assert plt.get_fignums() == before
+
+
+# ---------------------------------------------------------------- reach comparison and log-scale maps
+
+
+def test_reach_comparison_panels_bars_and_legend():
+    fig = fig_reach_comparison(["conv5_3", "fc7", "score"], _reach_measures())
+    assert [ax.get_ylabel() for ax in fig.axes] == ["50% mass side (px)", "90% mass side (px)", "99% mass side (px)",
+                                                     "far-field share"]
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["FCN", "ParseNet"]
+    assert fig.axes[3].get_ylim() == (0, 1)  # a share is drawn on its whole scale
+    line = fig.axes[1].lines[0]  # FCN's 90% mass sides, left of each layer's centre
+    np.testing.assert_allclose(line.get_ydata(), [20, 40, 60])
+    np.testing.assert_allclose(line.get_xdata(), np.arange(3) - 0.09)
+    # The error bars span the given intervals: FCN's 90% bar at conv5_3 runs from 16 to 24.
+    segs = fig.axes[1].collections[0].get_segments()
+    assert segs[0][:, 1].tolist() == [16.0, 24.0]
+
+
+def test_reach_comparison_rejects_bad_values():
+    with pytest.raises(ValueError, match=r"measures\['m'\]\['FCN'\] has shape \(2, 3\); expected \(3, 3\)"):
+        fig_reach_comparison(["a", "b", "c"], {"m": {"FCN": np.zeros((2, 3))}})
+    with pytest.raises(ValueError, match="measures is empty"):
+        fig_reach_comparison(["a"], {})
+    with pytest.raises(ValueError, match="layers is empty"):
+        fig_reach_comparison([], {"m": {"FCN": np.zeros((0, 3))}})
+
+
+def test_context_log_row_shows_decades_below_the_peak():
+    m = {"FCN": _blob(sigma=3), "ParseNet": 2 * _blob(sigma=3)}
+    fig = fig_context_comparison(m, {"FCN": 5.0, "ParseNet": 9.0}, size_label="90% mass", log_decades=3)
+    titles = [ax.get_title() for ax in fig.axes if getattr(ax, "_colorbar", None) is None]
+    assert titles == ["FCN\n90% mass 5 px", "ParseNet\n90% mass 9 px", "FCN, log scale", "ParseNet, log scale"]
+    assert _colorbar_labels(fig) == ["discrepancy (shared scale)", "log10(1 + x / 1e-3 max)"]
+    log_img = fig.axes[3].images[0].get_array()  # ParseNet's log panel: its peak is the shared maximum
+    assert float(log_img.max()) == pytest.approx(np.log10(1 + 1e3))
+    assert float(fig.axes[2].images[0].get_array().max()) == pytest.approx(np.log10(1 + 0.5e3))
+    with pytest.raises(ValueError, match="log_decades is 0; expected a whole number of decades"):
+        fig_context_comparison(m, {"FCN": 5.0, "ParseNet": 9.0}, log_decades=0)

@@ -109,3 +109,39 @@ def test_load_corrupt_json(tmp_path):
     (tmp_path / "summary.json").write_text("{not json")
     with pytest.raises(ValueError, match="summary.json' is not valid JSON"):
         ERFResult.load(tmp_path)
+
+
+def test_reach_summary_agrees_with_the_layer_map_and_resamples_units():
+    res = _result(U=6, H=8, W=8)
+    reach = res.summary["reach"]
+    from erf.stats import centered_square, far_field_share
+
+    assert reach["resampled"] == "units" and reach["n"] == 5  # the empty unit is not resampled
+    assert reach["mass_side@0.9"] == centered_square(res.layer_map, (8, 8), 0.9) == res.table_row()["mass90_side"]
+    assert reach["far_share"] == pytest.approx(far_field_share(res.layer_map, (8, 8), 8 / 4), rel=1e-5)
+    assert reach["far_share"] == res.layer_stats["far_share"]
+    for key, (lo, hi) in reach["ci"].items():
+        assert lo <= hi, key
+    lo, hi = reach["ci"]["far_share"]
+    assert lo <= reach["far_share"] <= hi
+    assert res.table_row()["mass90_ci"] == reach["ci"]["mass_side@0.9"]
+
+
+def test_reach_resamples_images_when_their_mean_is_the_map():
+    # A position-mode result (the gradient's shape): maps[0] is the re-centred mean of the image maps.
+    rng = np.random.default_rng(3)
+    H = W = 8
+    per_image = rng.random((4, H, W)).astype(np.float32) ** 3
+    trf = {"rf": [5.0, 5.0], "jump": [2.0, 2.0], "start": [1.0, 1.5]}
+    center = (1.0 + 2 * 2.0, 1.5 + 1 * 2.0)  # unit (2, 1)
+    res = build_result(method="gradient", mode="position", layer="c", image_size=(H, W), config={}, model={},
+                       images=list("abcd"), trf=trf, units=np.array([-1]), maps=recenter(per_image.mean(0), center)[None],
+                       trf_areas=np.array([25.0]), topk_images=np.arange(4)[None],
+                       topk_locations=np.tile(np.array([2, 1])[None, None], (1, 4, 1)), topk_values=np.ones((1, 4)),
+                       image_maps=per_image)
+    samples, over = res.reach_samples()
+    assert over == "images" and samples.shape[0] == 4
+    assert res.summary["reach"]["ci"]["mass_side@0.5"] is not None
+    # Different image maps (the mean no longer reproduces the map): nothing is resampled, no interval is made up.
+    res.image_maps = per_image[::-1] * np.arange(1, 5)[:, None, None]
+    assert res.reach_samples()[1] == "none"

@@ -1,6 +1,6 @@
 """From saved results to figure files: what ``erf-figures`` and ``erf-demo`` run.
 
-The plotting functions take plain arrays; this module finds ERF result folders
+The plotting functions of :mod:`figures` take plain arrays; this module finds ERF result folders
 (``result.npz`` + ``summary.json``) and training run folders (``best.pt`` +
 ``log.jsonl``), gathers the arrays each figure needs, and saves every figure the
 inputs allow, atomically:
@@ -12,6 +12,7 @@ figure                    made from
 ``trf_vs_erf_<model>``    a model's occlusion results over several layers
 ``context_<layer>``       the same layer probed the same way in several models
 ``methods_<model>_<l>``   occlusion and gradient results of one model and layer
+``reach_<method>``        the reach measures of several models, layer by layer
 ``feature_scale_<run>``   a ParseNet run's checkpoint, on its validation images
 ``segmentation``          the runs' checkpoints, on their validation images
 ``training_curves``       the runs' ``log.jsonl``
@@ -37,6 +38,7 @@ from figures.curves import fig_training_curves
 from figures.feature_scale import fig_feature_scale
 from figures.layers import fig_trf_vs_erf
 from figures.methods import fig_methods
+from figures.reach import fig_reach_comparison
 from figures.segmentation import fig_segmentation
 from figures.unit_panels import UnitPanel, fig_unit_panels
 
@@ -135,11 +137,54 @@ def _main_stats(result: ERFResult) -> Mapping:
     return result.layer_stats if result.mode == "units" else result.unit_stats[0]
 
 
-def _method_stats(result: ERFResult) -> dict[str, float]:
-    """Side of the thresholded ERF and the geometric mean of the Gaussian fit's sigmas (NaN when missing)."""
-    s = _main_stats(result)
-    sigma_y, sigma_x = (float("nan") if s.get(k) is None else float(s[k]) for k in ("sigma_y", "sigma_x"))
-    return {"side (px)": _side(s), "sigma (px)": float(np.sqrt(sigma_y * sigma_x))}
+def _num(v) -> float:
+    return float("nan") if v is None else float(v)
+
+
+def _reach(result: ERFResult) -> Mapping:
+    """The main map's reach measures (``summary["reach"]``); empty for results saved before they existed."""
+    return result.summary.get("reach") or {}
+
+
+def _px(v: float, note: str = "") -> str:
+    return "n/a" if not np.isfinite(v) else f"{v:.3g} px{note}"
+
+
+def _method_stats(result: ERFResult) -> dict[str, str]:
+    """Peak (half-max) side, 90%-mass side and spread: the fit's sigma only where the fit holds (R^2 >= 0.5)."""
+    s, reach = _main_stats(result), _reach(result)
+    source = " (σ of fit)" if reach.get("spread_from") == "fit" else " (2nd moment)"
+    return {"peak": _px(_side(s)), "90% mass": _px(_num(reach.get("mass_side@0.9"))),
+            "spread": _px(_num(reach.get("spread")), source)}
+
+
+def _mass_box(result: ERFResult, level: str = "mass_side@0.9") -> tuple[float, float, float, float] | None:
+    """The centred square holding 90% of the contribution, on the cropped H x W window (unit at (H//2, W//2))."""
+    side = _reach(result).get(level)
+    if side is None:
+        return None
+    H, W = result.image_size
+    cy, cx = H - H // 2, W - W // 2  # the canvas centre (H, W) after the crop
+    half = (float(side) - 1) / 2
+    return (cy - half, cx - half, cy + half + 1, cx + half + 1)
+
+
+REACH_PANELS = {"mass_side@0.5": "50% mass side (px)", "mass_side@0.9": "90% mass side (px)",
+                "mass_side@0.99": "99% mass side (px)", "far_share": "far-field share"}
+
+
+def _reach_measures(models: Mapping[str, Mapping[str, ERFResult]], layers: list[str]) -> dict[str, dict]:
+    """Panel label -> model -> (L, 3) value, CI low, CI high from each result's ``summary["reach"]``."""
+    out: dict[str, dict] = {label: {} for label in REACH_PANELS.values()}
+    for model, per_layer in models.items():
+        for key, label in REACH_PANELS.items():
+            rows = []
+            for layer in layers:
+                reach = _reach(per_layer[layer]) if layer in per_layer else {}
+                ci = (reach.get("ci") or {}).get(key) or [None, None]
+                rows.append([_num(reach.get(key)), _num(ci[0]), _num(ci[1])])
+            out[label][model] = np.array(rows)
+    return out
 
 
 def _read_log(run: Path) -> dict[str, list[float]]:
@@ -191,11 +236,14 @@ def make_figures(results: Mapping[str, ERFResult], runs: Mapping[str, Path], *,
             by_model[model_label(r)].append(r)
 
     for model, rs in by_model.items():
-        figs[f"trf_vs_erf_{_slug(model)}"] = fig_trf_vs_erf(
+        fig = fig_trf_vs_erf(
             [r.layer for r in rs], [r.table_row()["trf_side"] for r in rs],
             [[_side(s) for s in r.unit_stats] for r in rs],
             image_size=float(np.sqrt(np.prod(rs[0].image_size))),
             title=f"{model}: theoretical vs empirical RF")
+        fig.set_label(f"{model}: theoretical RF against the peak of the occlusion ERF (half-max side per unit), "
+                      "layer by layer")
+        figs[f"trf_vs_erf_{_slug(model)}"] = fig
 
     for (layer, method), models in by_layer.items():
         if len(models) < 2:
@@ -203,15 +251,23 @@ def make_figures(results: Mapping[str, ERFResult], runs: Mapping[str, Path], *,
         first = next(iter(models.values()))
         if any(tuple(r.image_size) != tuple(first.image_size) for r in models.values()):
             continue
-        figs[f"context_{_slug(layer)}_{method}"] = fig_context_comparison(
+        reach_known = all(_reach(r) for r in models.values())
+        fig = fig_context_comparison(
             {m: _crop_to_image(_main_map(r), r) for m, r in models.items()},
-            {m: _side(_main_stats(r)) for m, r in models.items()},
+            {m: _num(_reach(r).get("mass_side@0.9")) if reach_known else _side(_main_stats(r))
+             for m, r in models.items()},
+            size_label="90% mass" if reach_known else "ERF",
+            extent_boxes={m: _mass_box(r) for m, r in models.items()} if reach_known else None,
             trf_box=None if any(r.trf.get("is_global") for r in models.values())
             else _shift_box(_canvas_trf_box(first), first),
             threshold=float(first.config.get("threshold", 0.5)),
-            colorbar_label=("|d out / d input| (shared scale)" if method == "gradient"
+            colorbar_label=("|d out / d input|, linear" if method == "gradient"
                             else "discrepancy |Δ| (shared scale)"),
+            log_decades=3 if method == "gradient" else None,
             title=f"{layer}, {method} ERF")
+        fig.set_label(f"{layer}: {method} ERF with and without global context (shared colour scale"
+                      + ("; below, the same maps on a log scale" if method == "gradient" else "") + ")")
+        figs[f"context_{_slug(layer)}_{method}"] = fig
 
     for (layer, method), models in by_layer.items():
         if method != "occlusion":
@@ -221,10 +277,29 @@ def make_figures(results: Mapping[str, ERFResult], runs: Mapping[str, Path], *,
             if grad is None or tuple(grad.image_size) != tuple(occ.image_size):
                 continue
 
-            figs[f"methods_{_slug(model)}_{_slug(layer)}"] = fig_methods(
+            fig = fig_methods(
                 _crop_to_image(_main_map(occ), occ), _crop_to_image(_main_map(grad), grad),
                 _method_stats(occ), _method_stats(grad),
                 trf_box=_shift_box(_canvas_trf_box(occ), occ), title=f"{model} {layer}: occlusion vs gradient ERF")
+            fig.set_label(f"{model}, {layer}: occlusion ERF against gradient ERF, each as a fraction of its maximum")
+            figs[f"methods_{_slug(model)}_{_slug(layer)}"] = fig
+
+    for method in dict.fromkeys(m for _, m in by_layer):
+        layers = [layer for (layer, m) in by_layer if m == method]
+        per_model: dict[str, dict[str, ERFResult]] = defaultdict(dict)
+        for layer in layers:
+            for model, r in by_layer[layer, method].items():
+                if _reach(r):
+                    per_model[model][layer] = r
+        if len(per_model) < 2:
+            continue
+        fig = fig_reach_comparison(layers, _reach_measures(per_model, layers),
+                                   title=f"How far the {method} ERF reaches, with and without global context")
+        fig.set_label(f"Reach of the {method} ERF layer by layer: sides of the centred squares holding 50%, 90% and "
+                      "99% of the contribution, and the share beyond a quarter of the image side from the unit "
+                      f"(error bars: {int(100 * _reach(r)['ci_level'])}% bootstrap interval over "
+                      f"{'units' if method == 'occlusion' else 'images'})")
+        figs[f"reach_{_slug(method)}"] = fig
 
     if runs:
         figs.update(_run_figures(runs, segmentation_images))
@@ -235,7 +310,7 @@ def _run_figures(runs: Mapping[str, Path], n_images: int) -> dict[str, Figure]:
     """Training curves, segmentation grid and feature scales, from run folders (loads their best checkpoints)."""
     import torch
 
-    from parsenet.analysis import feature_norms, predict
+    from lab.analysis import feature_norms, predict
     from parsenet.checkpoint import load_model_from_checkpoint
     from parsenet.data import build_dataset
 

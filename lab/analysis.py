@@ -1,7 +1,7 @@
 """Run a trained model on images for the figures: predictions and feature scales.
 
-These are the only figure inputs that need a model rather than a saved result,
-so they live here, next to the model, and return plain numpy arrays.
+These are the only figure inputs that need a model rather than a saved result;
+they run it here, in the application layer, and return plain numpy arrays.
 """
 from __future__ import annotations
 

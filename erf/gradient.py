@@ -18,7 +18,8 @@ from torch import nn
 
 from erf.distributed import check_shard, gather_to_main, shard_indices
 from erf.graph import resolve_layer, truncate
-from erf.occlusion import _as_images, _center_unit, _check_finite, _fingerprint_model, _pair
+from erf._probe import as_images as _as_images, center_unit as _center_unit, check_finite as _check_finite
+from erf._probe import check_neuron, fingerprint_model as _fingerprint_model, pair as _pair
 from erf.result import ERFResult, build_result, recenter, rf_to_dict
 
 __all__ = ["probe_gradient"]
@@ -191,9 +192,7 @@ def _target(neuron, position, shape, layer, rf, image_size) -> tuple[int | None,
     """(c or None for all channels, y, x) of the output to back-propagate from, checked against (C, h, w)."""
     C, h, w = shape
     if neuron is not None:
-        from erf.occlusion import _check_neuron
-
-        return _check_neuron(neuron, shape, layer, rf, image_size)
+        return check_neuron(neuron, shape, layer, rf, image_size)
     if isinstance(position, str):
         if position != "center":
             raise ValueError(f"position={position!r}; expected (y, x) or 'center'")

@@ -6,6 +6,7 @@ file with its save clock.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import io
@@ -122,6 +123,17 @@ def private_body(model: nn.Module, layer: str, device: torch.device,
         m.training = training
     body = copy.deepcopy(cut).eval()
     return body.to(device=device, memory_format=memory_format)
+
+
+@contextlib.contextmanager
+def preserved_modes(model: nn.Module):
+    """Put every module's train/eval flag back afterwards (tracing and the RF analysis switch the whole tree)."""
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
 
 
 def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:

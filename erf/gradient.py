@@ -17,9 +17,9 @@ import torch
 from torch import nn
 
 from erf.distributed import check_shard, gather_to_main, shard_indices
-from erf.graph import resolve_layer, truncate
+from erf.graph import resolve_layer
 from erf._probe import as_images as _as_images, center_unit as _center_unit, check_finite as _check_finite
-from erf._probe import check_neuron, fingerprint_model as _fingerprint_model, pair as _pair
+from erf._probe import check_neuron, preserved_modes, private_body, fingerprint_model as _fingerprint_model, pair as _pair
 from erf.result import ERFResult, build_result, recenter, rf_to_dict
 
 __all__ = ["probe_gradient"]
@@ -138,7 +138,8 @@ def probe_gradient(
     target = None
     fingerprints = []
     for m_i, net in enumerate(models):
-        body = truncate(net, layer).to(device)
+        with preserved_modes(net):  # the caller's model keeps its device and modes: the probe runs a copy
+            body = private_body(net, layer, device)
         fingerprints.append(_fingerprint_model(body))
         for b0 in range(0, len(mine), batch_size):
             idx = mine[b0:b0 + batch_size]  # (B,): global input indices

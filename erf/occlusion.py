@@ -738,8 +738,9 @@ def probe_occlusion(
     cfg = config or OcclusionConfig(patch, stride, noise, seed, top_k, threshold, engine, precision, batch_size,
                                     skip_outside_trf, memory_format)
     images, names = _probe.as_images(images, names)
-    setup = _setup(model, layer, images, names, cfg, units, neuron, device, rf, rank, world_size, state_path,
-                   state_every)
+    with _probe.preserved_modes(model):
+        setup = _setup(model, layer, images, names, cfg, units, neuron, device, rf, rank, world_size, state_path,
+                       state_every)
     sweep, acc, unit_idx, clock = setup["sweep"], setup["acc"], setup["unit_idx"], setup["clock"]
     done = setup["done"]
     bf16_drift = None

@@ -136,6 +136,20 @@ def preserved_modes(model: nn.Module):
             m.training = training
 
 
+@contextlib.contextmanager
+def ieee_fp32(device: torch.device):
+    """fp32 convolutions and matmuls in full fp32 on CUDA (TF32 off), so that a GPU run matches a CPU run."""
+    if device.type != "cuda":
+        yield
+        return
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     """A small host tensor on ``device`` without waiting for the device (pinned, non-blocking copy on CUDA)."""
     if device.type == "cuda" and t.device.type == "cpu":

@@ -738,41 +738,41 @@ def probe_occlusion(
     cfg = config or OcclusionConfig(patch, stride, noise, seed, top_k, threshold, engine, precision, batch_size,
                                     skip_outside_trf, memory_format)
     images, names = _probe.as_images(images, names)
-    with _probe.preserved_modes(model):
+    with _probe.preserved_modes(model), _probe.ieee_fp32(_probe.resolve_device(model, device)):
         setup = _setup(model, layer, images, names, cfg, units, neuron, device, rf, rank, world_size, state_path,
                        state_every)
-    sweep, acc, unit_idx, clock = setup["sweep"], setup["acc"], setup["unit_idx"], setup["clock"]
-    done = setup["done"]
-    bf16_drift = None
-    if cfg.precision != "fp32" and rank == 0:
-        bf16_drift = _bf16_drift(sweep, images[:1], names[0], unit_idx, setup["neuron"], cfg.precision)
-    todo = [i for i in shard_indices(len(names), rank, world_size) if names[i] not in set(done)]
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+        sweep, acc, unit_idx, clock = setup["sweep"], setup["acc"], setup["unit_idx"], setup["clock"]
+        done = setup["done"]
+        bf16_drift = None
+        if cfg.precision != "fp32" and rank == 0:
+            bf16_drift = _bf16_drift(sweep, images[:1], names[0], unit_idx, setup["neuron"], cfg.precision)
+        todo = [i for i in shard_indices(len(names), rank, world_size) if names[i] not in set(done)]
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(todo) * len(sweep.positions), unit="pos", desc=f"occlusion {setup['layer']}")
-    try:
-        for i in todo:
-            image = images[i:i + 1].to(sweep.device).contiguous(memory_format=sweep.memory_format)  # (1, 3, H, W)
-            values, locations, run = sweep.clean(image, names[i], unit_idx, setup["neuron"])
-            d = sweep.discrepancy(images[i:i + 1], names[i], unit_idx, values, locations, run, cfg.precision, bar)
+            bar = tqdm(total=len(todo) * len(sweep.positions), unit="pos", desc=f"occlusion {setup['layer']}")
+        try:
+            for i in todo:
+                image = images[i:i + 1].to(sweep.device).contiguous(memory_format=sweep.memory_format)  # (1, 3, H, W)
+                values, locations, run = sweep.clean(image, names[i], unit_idx, setup["neuron"])
+                d = sweep.discrepancy(images[i:i + 1], names[i], unit_idx, values, locations, run, cfg.precision, bar)
+                if bar is not None:
+                    bar.update(len(sweep.positions) - len(run))
+                acc.push(names[i], values.double(), locations, d.reshape((len(unit_idx),) + sweep.grid))
+                done.append(names[i])
+                clock.tick(done, lambda: acc.state_dict(done), force=on_image is not None)  # the callback sees it saved
+                if on_image is not None:
+                    on_image(len(done), names[i])
+        finally:  # at the end, and on any interruption: what is done is kept
+            clock.tick(done, lambda: acc.state_dict(done), force=True)
             if bar is not None:
-                bar.update(len(sweep.positions) - len(run))
-            acc.push(names[i], values.double(), locations, d.reshape((len(unit_idx),) + sweep.grid))
-            done.append(names[i])
-            clock.tick(done, lambda: acc.state_dict(done), force=on_image is not None)  # the callback sees it saved
-            if on_image is not None:
-                on_image(len(done), names[i])
-    finally:  # at the end, and on any interruption: what is done is kept
-        clock.tick(done, lambda: acc.state_dict(done), force=True)
-        if bar is not None:
-            bar.close()
-    if world_size > 1:  # rank 0 merges every rank's accumulators and alone builds the result
-        parts = gather_to_main((done, acc.state_dict(done)), rank, world_size)
-        if rank != 0:
-            return None
-        acc.merge(parts)
+                bar.close()
+        if world_size > 1:  # rank 0 merges every rank's accumulators and alone builds the result
+            parts = gather_to_main((done, acc.state_dict(done)), rank, world_size)
+            if rank != 0:
+                return None
+            acc.merge(parts)
     gh, gw = sweep.grid
     run_config = cfg.to_dict(top_k=None if setup["neuron"] else int(cfg.top_k), engine_used=sweep.engine,
                              batch_size=sweep.batch_size if sweep.batch_size == "auto" else int(sweep.batch_size),

@@ -39,10 +39,6 @@ step 240 "$PY" -m pytest -q -rs -m cuda -p no:cacheprovider -s tests/test_cuda.p
 # VGG16 conv5_3 on the whole 11x11 stride-3 grid (5184 positions), the issue's workload, plus the protocol.
 speed 120 vgg16 fp32 --positions 0 --batch 256
 speed 120 vgg16 bf16 --positions 0 --batch 256 --protocol 8
-# Memory and speed on the other workloads: (a), (b), (d).
-speed 60 resnet50 fp32 --positions 1024 --batch 256 --no-captum
-speed 60 resnet50 bf16 --positions 1024 --batch 256 --no-captum
-speed 60 parsenet fp32 --positions 0 --batch 256 --no-captum
 # The README's CUDA and sharded examples, as erf-probe runs them (random weights, a few photographs).
 TMP=$(mktemp -d)
 printf 'from cli.probe import probe_command\nprobe_command(prog_name="erf-probe")\n' > "$TMP/erf_probe.py"
@@ -56,9 +52,13 @@ step 60 "$PY" "$TMP/erf_probe.py" vgg16 --layer features.29 --images "$TMP/photo
   --precision bf16 --no-progress --out "$TMP/probe-cuda"
 step 60 "$PY" -m torch.distributed.run --nproc-per-node 1 "$TMP/erf_probe.py" vgg16 --layer features.29 \
   --images "$TMP/photos" --resize 224 --device cuda --no-progress --out "$TMP/probe-torchrun-cuda"
-step 60 "$PY" -m torch.distributed.run --nproc-per-node 2 "$TMP/erf_probe.py" vgg16 --layer features.29 \
+step 90 "$PY" -m torch.distributed.run --nproc-per-node 2 "$TMP/erf_probe.py" vgg16 --layer features.29 \
   --images "$TMP/photos" --resize 64 --device cpu --top-k 2 --no-progress --out "$TMP/probe-torchrun-cpu"
 rm -rf "$TMP"
+# Memory and speed on the other workloads: (a), (b), (d).
+speed 60 resnet50 fp32 --positions 1024 --batch 256 --no-captum
+speed 60 resnet50 bf16 --positions 1024 --batch 256 --no-captum
+speed 60 parsenet fp32 --positions 0 --batch 256 --no-captum
 date -u
 echo "== gpu.sh: $([ $status -eq 0 ] && echo 'all steps passed' || echo 'SOME STEPS FAILED'), log in $LOG"
 exit $status

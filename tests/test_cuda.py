@@ -43,9 +43,21 @@ def _cpu_reference(name, engine, neuron):
     return _CPU[key]
 
 
-def _same_selection(a: ERFResult, b: ERFResult) -> None:
-    np.testing.assert_array_equal(a.topk_images, b.topk_images)
-    np.testing.assert_array_equal(a.topk_locations, b.topk_locations)
+def _same_selection(got: ERFResult, ref: ERFResult) -> np.ndarray:
+    """Per unit, whether its top-K images and locations are identical; returns that mask (U,).
+
+    Every unit's top-K activations agree to float round-off; a unit may differ in its images or
+    locations only through a tie at round-off (two locations of a random-weight ReLU map within
+    1e-6 of each other, say): at most 2% of the units, and each one is printed.
+    """
+    scale = np.nanmax(np.abs(ref.topk_values)) or 1.0
+    np.testing.assert_allclose(got.topk_values, ref.topk_values, rtol=0, atol=1e-5 * scale)
+    same = (got.topk_images == ref.topk_images).all(1) & (got.topk_locations == ref.topk_locations).all((1, 2))
+    for u in np.nonzero(~same)[0]:
+        print(f"unit {ref.units[u]}: a round-off tie: images {got.topk_images[u]} vs {ref.topk_images[u]}, "
+              f"values {got.topk_values[u]} vs {ref.topk_values[u]}")
+    assert same.mean() >= 0.98, f"{(~same).sum()} of {len(same)} units select other images or locations"
+    return same
 
 
 @pytest.mark.parametrize("name", list(MODELS))
@@ -60,15 +72,15 @@ def test_occlusion_cuda_equals_cpu(name, engine, neuron, precision):
                           **KW)
     assert next(model.parameters()).device.type == "cpu" and not model.training
     assert got.config["engine_used"] == engine and got.config["device"] == "cuda"
-    _same_selection(got, ref)  # the selection runs in fp32 in both precisions
+    same = _same_selection(got, ref)  # the selection runs in fp32 in both precisions
     if precision == "fp32":
-        np.testing.assert_allclose(got.maps, ref.maps, rtol=0, atol=1e-4)
+        np.testing.assert_allclose(got.maps[same], ref.maps[same], rtol=0, atol=1e-4)
         if neuron is not None:
             scale = np.abs(ref.image_maps).max()
             np.testing.assert_allclose(got.image_maps, ref.image_maps, rtol=0, atol=1e-4 * scale)
     else:
         drift = got.config["bf16_drift"]
-        worst = float(np.abs(got.maps - ref.maps).max())
+        worst = float(np.abs(got.maps[same] - ref.maps[same]).max())
         print(f"{name} {engine} {'units' if neuron is None else 'neuron'} bf16: drift {drift:.2e}, "
               f"max |map - fp32 CPU map| {worst:.2e}")
         assert 0 <= drift < 0.05 and worst < 0.1
@@ -116,7 +128,7 @@ def test_erf_probe_on_a_parsenet_checkpoint(tmp_path):
         cpu = ERFResult.load(outs["cpu", "fp32"] / folder)
         for key in (("cuda", "fp32"), ("cuda", "bf16")):
             gpu = ERFResult.load(outs[key] / folder)
-            _same_selection(gpu, cpu)
+            same = _same_selection(gpu, cpu)
             tol = 1e-4 if key[1] == "fp32" or folder.startswith("gradient") else 0.1
-            np.testing.assert_allclose(gpu.maps, cpu.maps, rtol=0, atol=tol * max(np.abs(cpu.maps).max(), 1e-12),
-                                       err_msg=f"{folder} {key}")
+            np.testing.assert_allclose(gpu.maps[same], cpu.maps[same], rtol=0,
+                                       atol=tol * max(np.abs(cpu.maps).max(), 1e-12), err_msg=f"{folder} {key}")

@@ -49,9 +49,9 @@ for name in ('astronaut', 'coffee', 'chelsea', 'rocket'):
     Image.fromarray(getattr(data, name)()).convert('RGB').save(out / f'{name}.png')
 " "$TMP/photos"
 step 60 "$PY" "$TMP/erf_probe.py" vgg16 --layer features.29 --images "$TMP/photos" --resize 224 --device cuda \
-  --precision bf16 --no-progress --out "$TMP/probe-cuda"
+  --precision bf16 --top-k 4 --no-progress --out "$TMP/probe-cuda"
 step 60 "$PY" -m torch.distributed.run --nproc-per-node 1 "$TMP/erf_probe.py" vgg16 --layer features.29 \
-  --images "$TMP/photos" --resize 224 --device cuda --no-progress --out "$TMP/probe-torchrun-cuda"
+  --images "$TMP/photos" --resize 224 --device cuda --top-k 4 --no-progress --out "$TMP/probe-torchrun-cuda"
 step 90 "$PY" -m torch.distributed.run --nproc-per-node 2 "$TMP/erf_probe.py" vgg16 --layer features.29 \
   --images "$TMP/photos" --resize 64 --device cpu --top-k 2 --no-progress --out "$TMP/probe-torchrun-cpu"
 rm -rf "$TMP"

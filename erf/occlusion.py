@@ -30,10 +30,8 @@ import contextlib
 import hashlib
 import math
 import os
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import warnings
 

@@ -20,7 +20,7 @@ import warnings
 
 import click
 
-__all__ = ["command", "friendly_errors", "USER_ERRORS", "PATH", "FILE", "FOLDER", "check_resume_flags"]
+__all__ = ["command", "friendly_errors", "USER_ERRORS", "PATH", "FILE", "FOLDER", "BATCH_SIZE", "check_resume_flags"]
 
 # Errors that mean "the input was wrong". The library raises them with messages
 # that say what was given and what was expected.
@@ -61,6 +61,23 @@ class _NonEmptyPath(click.Path):
 PATH = _NonEmptyPath()
 FILE = _NonEmptyPath(dir_okay=False)
 FOLDER = _NonEmptyPath(file_okay=False)
+
+
+class _BatchSize(click.ParamType):
+    """A positive integer, or ``auto`` (the largest batch that fits the device's memory)."""
+
+    name = "N|auto"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) or value == "auto":
+            return value
+        try:
+            return int(value)
+        except ValueError:
+            self.fail(f"{value!r} is not a whole number or 'auto'", param, ctx)
+
+
+BATCH_SIZE = _BatchSize()
 
 
 def check_resume_flags(overwrite: bool, resume: bool) -> None:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import click
 
-from cli._common import FOLDER, PATH, check_resume_flags, command, friendly_errors
+from cli._common import BATCH_SIZE, FOLDER, PATH, check_resume_flags, command, friendly_errors
 from erf.distributed import join_process_group
 from erf.images import MAX_PIXELS, images_from_dataset, load_images
 from erf.models import load_model
@@ -84,7 +84,8 @@ def _neuron(text: str | None, method: str):
 @click.option("--noise-inputs", type=int, default=0, help="gradient: also average over this many N(0,1) images")
 @click.option("--threshold", type=float, default=0.5, help="ERF size: pixels above this fraction of the max")
 @click.option("--engine", type=click.Choice(ENGINES), default="auto", help="occlusion forward passes")
-@click.option("--batch-size", type=int, default=32, help="occluded copies (or gradient inputs) per pass")
+@click.option("--batch-size", type=BATCH_SIZE, default=32,
+              help="occluded copies (or gradient inputs) per pass; auto: the largest that fits the device's memory")
 @click.option("--device", default="cpu", help="cpu, cuda or cuda:N (under torchrun: cuda:LOCAL_RANK)")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32",
               help="occlusion forward passes; bf16 reports its drift from fp32 (gradient runs in fp32)")

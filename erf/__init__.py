@@ -12,7 +12,8 @@ from erf.distributed import ProcessShard, join_process_group, shard_indices
 from erf.images import IMAGENET_MEAN, IMAGENET_STD, ImageSet, images_from_dataset, load_images
 from erf.incremental import IncrementalOcclusion, MacCount
 from erf.models import LoadedModel, load_model
-from erf.occlusion import ENGINES, NOISE_KINDS, PRECISIONS, FullReinference, make_patches, occluder_positions, probe_occlusion, select_units
+from erf.occlusion import (ENGINES, NOISE_KINDS, PRECISIONS, FullReinference, OcclusionConfig, make_patches,
+                           occluder_positions, probe_occlusion, select_units)
 from erf.result import ERFResult
 from erf.rf import LayerRF, receptive_field, receptive_fields
 from erf.runner import ProbeSettings, run_probe
@@ -24,7 +25,7 @@ __all__ = [
     "layer_names", "resolve_layer", "truncate", "TruncatedModel", "layer_channels",
     "LoadedModel", "load_model",
     "ImageSet", "load_images", "images_from_dataset", "IMAGENET_MEAN", "IMAGENET_STD",
-    "probe_occlusion", "occluder_positions", "make_patches", "select_units", "FullReinference",
+    "probe_occlusion", "OcclusionConfig", "occluder_positions", "make_patches", "select_units", "FullReinference",
     "IncrementalOcclusion", "MacCount", "ENGINES", "NOISE_KINDS", "PRECISIONS",
     "probe_gradient",
     "ProbeSettings", "run_probe",

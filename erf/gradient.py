@@ -17,8 +17,9 @@ import torch
 from torch import nn
 
 from erf.distributed import check_shard, gather_to_main, shard_indices
-from erf.graph import resolve_layer, truncate
-from erf.occlusion import _as_images, _center_unit, _check_finite, _fingerprint_model, _pair
+from erf.graph import resolve_layer
+from erf._probe import as_images as _as_images, center_unit as _center_unit, check_finite as _check_finite
+from erf._probe import check_neuron, ieee_fp32, preserved_modes, private_body, fingerprint_model as _fingerprint_model, pair as _pair
 from erf.result import ERFResult, build_result, recenter, rf_to_dict
 
 __all__ = ["probe_gradient"]
@@ -136,27 +137,29 @@ def probe_gradient(
     values = torch.zeros(N, dtype=torch.float64)  # target activation on each real image (first init)
     target = None
     fingerprints = []
-    for m_i, net in enumerate(models):
-        body = truncate(net, layer).to(device)
-        fingerprints.append(_fingerprint_model(body))
-        for b0 in range(0, len(mine), batch_size):
-            idx = mine[b0:b0 + batch_size]  # (B,): global input indices
-            x = inputs[idx].to(device).requires_grad_(True)  # (B, 3, H, W)
-            out = body(x)  # (B, C, h, w)
-            i0 = int(idx[0])
-            _check_finite(out, layer, "input " + (names[i0] if i0 < N else f"noise #{i0 - N}"))
-            if target is None:
-                target = _target(neuron, position, tuple(out.shape[1:]), layer, rf, (H, W))
-            c, y, xx = target
-            picked = out[:, :, y, xx].sum(1) if c is None else out[:, c, y, xx]  # (B,)
-            (grad,) = torch.autograd.grad(picked.sum(), x)  # samples are independent: one backward per batch
-            contrib = grad.abs().sum(1).double().cpu()  # (B, H, W): summed over colour channels
-            total += contrib.sum(0)
-            is_real = idx < N  # (B,): real images come first in ``inputs``
-            if is_real.any():
-                per_image[idx[is_real]] += contrib[is_real]
-                if m_i == 0:
-                    values[idx[is_real]] = picked[is_real.to(picked.device)].detach().double().cpu()
+    with ieee_fp32(device):  # TF32 off on CUDA: a GPU user gets a CPU user's numbers
+        for m_i, net in enumerate(models):
+            with preserved_modes(net):  # the caller's model keeps its device and modes: the probe runs a copy
+                body = private_body(net, layer, device)
+            fingerprints.append(_fingerprint_model(body))
+            for b0 in range(0, len(mine), batch_size):
+                idx = mine[b0:b0 + batch_size]  # (B,): global input indices
+                x = inputs[idx].to(device).requires_grad_(True)  # (B, 3, H, W)
+                out = body(x)  # (B, C, h, w)
+                i0 = int(idx[0])
+                _check_finite(out, layer, "input " + (names[i0] if i0 < N else f"noise #{i0 - N}"))
+                if target is None:
+                    target = _target(neuron, position, tuple(out.shape[1:]), layer, rf, (H, W))
+                c, y, xx = target
+                picked = out[:, :, y, xx].sum(1) if c is None else out[:, c, y, xx]  # (B,)
+                (grad,) = torch.autograd.grad(picked.sum(), x)  # samples are independent: one backward per batch
+                contrib = grad.abs().sum(1).double().cpu()  # (B, H, W): summed over colour channels
+                total += contrib.sum(0)
+                is_real = idx < N  # (B,): real images come first in ``inputs``
+                if is_real.any():
+                    per_image[idx[is_real]] += contrib[is_real]
+                    if m_i == 0:
+                        values[idx[is_real]] = picked[is_real.to(picked.device)].detach().double().cpu()
 
     if world_size > 1:  # rank 0 adds the partial sums; each real image was on exactly one rank
         parts = gather_to_main((total, per_image, values), rank, world_size)
@@ -191,9 +194,7 @@ def _target(neuron, position, shape, layer, rf, image_size) -> tuple[int | None,
     """(c or None for all channels, y, x) of the output to back-propagate from, checked against (C, h, w)."""
     C, h, w = shape
     if neuron is not None:
-        from erf.occlusion import _check_neuron
-
-        return _check_neuron(neuron, shape, layer, rf, image_size)
+        return check_neuron(neuron, shape, layer, rf, image_size)
     if isinstance(position, str):
         if position != "center":
             raise ValueError(f"position={position!r}; expected (y, x) or 'center'")

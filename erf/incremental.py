@@ -43,9 +43,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
+from erf._probe import to_device
 from erf.graph import TruncatedModel
 
-__all__ = ["IncrementalOcclusion", "MacCount"]
+__all__ = ["IncrementalOcclusion", "MacCount", "GATHERS"]
+
+GATHERS = ("auto", "slices", "batched")
 
 
 # --------------------------------------------------------------------------- node states
@@ -175,16 +178,20 @@ def _crop_origin(lo: Tensor, hi: Tensor, n: int) -> tuple[int, Tensor]:
 # --------------------------------------------------------------------------- gathering windows
 
 def _window(clean: Tensor, region: _Region | None, top: Tensor, left: Tensor, wh: int, ww: int,
-            pad: tuple[int, int] = (0, 0)) -> Tensor:
+            pad: tuple[int, int] = (0, 0), *, vectorized: bool = False) -> Tensor:
     """Gather (P, C, wh, ww) windows at rows ``top[p]:`` / columns ``left[p]:`` of the occluded activation.
 
     ``clean`` (1, C, H + pads, W + pads) is the cached clean activation already padded with
-    ``pad = (pad_top, pad_left)`` before the map; ``top``/``left`` are in unpadded
-    coordinates and may be negative. Each window is copied from ``clean``, then the part
-    of it that overlaps the position's crop is overwritten with the crop's values. Both
-    are plain slice copies per position (memory-bound, a few microseconds each), which
-    is several times faster on CPU than one advanced-indexing gather over the batch.
+    ``pad = (pad_top, pad_left)`` before the map; ``top``/``left`` (host tensors) are in
+    unpadded coordinates and may be negative. Each window is copied from ``clean``, then the
+    part of it that overlaps the position's crop is overwritten with the crop's values.
+    Two ways, same values: per-position slice copies (a few microseconds each, several times
+    faster on the CPU than an advanced-indexing gather), or with ``vectorized`` one gather
+    from the clean map and one from the crops for the whole batch (on a GPU, where one kernel
+    launch per position would dominate).
     """
+    if vectorized:
+        return _window_gathered(clean, region, top, left, wh, ww, pad)
     P = top.shape[0]
     C = clean.shape[1]
     out = clean.new_empty((P, C, wh, ww))  # (P, C, wh, ww)
@@ -205,12 +212,34 @@ def _window(clean: Tensor, region: _Region | None, top: Tensor, left: Tensor, wh
     return out
 
 
-def _paste(clean: Tensor, region: _Region) -> Tensor:
+def _window_gathered(clean: Tensor, region: _Region | None, top: Tensor, left: Tensor, wh: int, ww: int,
+                     pad: tuple[int, int]) -> Tensor:
+    """:func:`_window` as two batched gathers and a select; the result is channels_last in memory."""
+    device = clean.device
+    rows = (top + pad[0])[:, None] + torch.arange(wh)  # (P, wh): rows of the padded clean map, on the host
+    cols = (left + pad[1])[:, None] + torch.arange(ww)  # (P, ww)
+    index = [rows, cols]
+    if region is not None:
+        rh, rw = region.crop.shape[-2:]
+        ry = rows - pad[0] - region.top[:, None]  # (P, wh): the same rows inside each crop
+        rx = cols - pad[1] - region.left[:, None]  # (P, ww)
+        index += [ry.clamp(0, rh - 1), rx.clamp(0, rw - 1), (ry >= 0) & (ry < rh), (rx >= 0) & (rx < rw)]
+    index = [to_device(i, device) for i in index]
+    out = clean[0].permute(1, 2, 0)[index[0][:, :, None], index[1][:, None, :]]  # (P, wh, ww, C)
+    if region is not None:
+        p = torch.arange(len(top), device=device)[:, None, None]  # (P, 1, 1)
+        crop = region.crop.permute(0, 2, 3, 1)[p, index[2][:, :, None], index[3][:, None, :]]  # (P, wh, ww, C)
+        inside = index[4][:, :, None, None] & index[5][:, None, :, None]  # (P, wh, ww, 1)
+        out = torch.where(inside, crop.to(out.dtype), out)
+    return out.permute(0, 3, 1, 2)  # (P, C, wh, ww)
+
+
+def _paste(clean: Tensor, region: _Region, *, vectorized: bool = False) -> Tensor:
     """The full (P, C, H, W) activation: the clean map with each position's crop pasted in."""
     P = region.crop.shape[0]
     H, W = clean.shape[-2:]
-    zero = torch.zeros(P, dtype=torch.long, device=region.top.device)
-    return _window(clean, region, zero, zero, H, W)
+    zero = torch.zeros(P, dtype=torch.long)
+    return _window(clean, region, zero, zero, H, W, vectorized=vectorized)
 
 
 # --------------------------------------------------------------------------- op tables
@@ -265,6 +294,9 @@ class IncrementalOcclusion:
         image: the clean image, shape (1, 3, H, W).
         full_above: a layer whose changed box covers more than this fraction of
             its map is computed in full, and so is everything after it (default 0.6).
+        gather: how windows are cut from the cached maps: ``"slices"`` (one copy per position,
+            fastest on the CPU), ``"batched"`` (one gather per layer, for GPUs) or ``"auto"``
+            (batched on CUDA); the values are the same.
 
     Example:
         >>> body = truncate(torchvision.models.vgg16(), "features.29")
@@ -274,7 +306,7 @@ class IncrementalOcclusion:
         torch.Size([2, 512, 14, 14])
     """
 
-    def __init__(self, body: TruncatedModel, image: Tensor, *, full_above: float = 0.6):
+    def __init__(self, body: TruncatedModel, image: Tensor, *, full_above: float = 0.6, gather: str = "auto"):
         ok, why = self.supports(body)
         if not ok:
             raise ValueError(f"incremental occlusion cannot run this model: {why}")
@@ -282,6 +314,9 @@ class IncrementalOcclusion:
             raise ValueError(f"image must have shape (1, C, H, W), got {tuple(image.shape)}")
         if not 0 < full_above <= 1:
             raise ValueError(f"full_above must be in (0, 1], got {full_above}")
+        if gather not in GATHERS:
+            raise ValueError(f"gather={gather!r}; expected one of: {', '.join(GATHERS)}")
+        self.vectorized = gather == "batched" or (gather == "auto" and image.device.type == "cuda")
         self.body = body
         self.graph: fx.Graph = body.body.graph
         self.image = image
@@ -293,6 +328,7 @@ class IncrementalOcclusion:
             self._clean = self._clean_pass(image)
         self._padded: dict[tuple, Tensor] = {}
         self._kinds: dict[fx.Node, str] = {}
+        self._trim_cache()
 
     # ----------------------------------------------------------------- capability
 
@@ -368,6 +404,44 @@ class IncrementalOcclusion:
             self._padded[key] = F.pad(clean, (ax.pad, ax.pad_after, ay.pad, ay.pad_after), value=value)
         return self._padded[key]
 
+    def _trim_cache(self) -> None:
+        """Keep only the clean values the incremental pass reads; the other nodes keep their shape.
+
+        Windows (conv, pooling) read their input padded, so the padded copy is made now and the
+        unpadded input becomes a view into it; binary ops, concatenation, global pooling and
+        generic nodes read their inputs (and global pooling its own clean output); the output
+        node is read at the end. Every other activation (most ReLU, BatchNorm and conv outputs)
+        is replaced by a ``meta`` tensor of the same shape, which costs no memory.
+        """
+        keep = set(self._output_node().all_input_nodes) | {self._output_node()}
+        views: dict[fx.Node, Tensor] = {}
+        for node in self.graph.nodes:
+            if node.op in ("placeholder", "output") or node not in self._dependent:
+                continue
+            if not isinstance(self._clean[node], Tensor):
+                keep.update(node.all_input_nodes)
+                continue
+            kind = self._kind(node)
+            if kind == "window":
+                ay, ax = self._axes(node)
+                src = node.args[0]
+                fill = -math.inf if isinstance(self._modules[node.target], nn.MaxPool2d) else 0.0
+                padded = self._padded_clean(src, ay, ax, fill)
+                views.setdefault(src, padded[..., ay.pad:ay.pad + ay.n_in, ax.pad:ax.pad + ax.n_in])
+            elif kind == "pointwise":
+                keep.update(a for a in node.all_input_nodes if a is not node.args[0])
+            else:
+                keep.update(node.all_input_nodes)
+                if kind == "gap":
+                    keep.add(node)
+        for node, value in list(self._clean.items()):
+            if node not in self._dependent or not isinstance(value, Tensor):
+                continue
+            if node in views:  # the same values, without a second copy
+                self._clean[node] = views[node]
+            elif node not in keep:
+                self._clean[node] = torch.empty(value.shape, dtype=value.dtype, device="meta")
+
     # ----------------------------------------------------------------- public call
 
     @property
@@ -396,7 +470,7 @@ class IncrementalOcclusion:
         ph, pw = patches.shape[-2:]
         if ph > H or pw > W:
             raise ValueError(f"patch {ph}x{pw} is larger than the {H}x{W} image")
-        positions = positions.to(device=self.image.device, dtype=torch.long)
+        positions = positions.to(device="cpu", dtype=torch.long)  # box arithmetic stays on the host: no device syncs
         y, x = positions[:, 0], positions[:, 1]
         bad = (y < 0) | (x < 0) | (y > H - ph) | (x > W - pw)
         if bool(bad.any()):
@@ -416,7 +490,7 @@ class IncrementalOcclusion:
         Counted from the layer shapes and each position's exact projective field, with
         no batching slack and no fallback; used to state how close the engine gets to ideal.
         """
-        positions = positions.to(device=self.image.device, dtype=torch.long)
+        positions = positions.to(device="cpu", dtype=torch.long)
         ph, pw = patch_size
         y, x = positions[:, 0], positions[:, 1]
         boxes: dict[fx.Node, Any] = {self._input: (y, y + ph, x, x + pw)}
@@ -598,7 +672,7 @@ class IncrementalOcclusion:
             return torch.empty((P,) + tuple(clean.shape[1:]), dtype=clean.dtype, device="meta")
         if state is CLEAN:
             return clean.expand((P,) + tuple(clean.shape[1:]))
-        return _paste(clean, state)
+        return _paste(clean, state, vectorized=self.vectorized)
 
     def _owned(self, node: fx.Node, env: dict) -> bool:
         """Whether ``node`` may overwrite its first input: it is the only user of a value this pass computed."""
@@ -660,7 +734,7 @@ class IncrementalOcclusion:
         padded = self._padded_clean(src, ay, ax, fill)
         wh, ww = (rh - 1) * ay.stride + ay.span, (rw - 1) * ax.stride + ax.span
         win = _window(padded, region, top * ay.stride - ay.pad, left * ax.stride - ax.pad, wh, ww,
-                      pad=(ay.pad, ax.pad))  # (P, C, wh, ww)
+                      pad=(ay.pad, ax.pad), vectorized=self.vectorized)  # (P, C, wh, ww)
         if isinstance(m, nn.Conv2d):
             crop = F.conv2d(win, m.weight, m.bias, m.stride, 0, m.dilation, m.groups)
         elif isinstance(m, nn.MaxPool2d):
@@ -682,7 +756,7 @@ class IncrementalOcclusion:
             ones = torch.ones((1, 1) + tuple(self._clean[node.args[0]].shape[-2:]), dtype=win.dtype, device=win.device)
             counts = F.avg_pool2d(ones, m.kernel_size, m.stride, m.padding, m.ceil_mode, True, divisor_override=1)
             self._padded[key] = (counts / m(ones)).round()  # (1, 1, h, w)
-        divisor = _window(self._padded[key], None, top, left, rh, rw)  # (P, 1, rh, rw)
+        divisor = _window(self._padded[key], None, top, left, rh, rw, vectorized=self.vectorized)  # (P, 1, rh, rw)
         return sums / divisor
 
     def _step_union(self, node: fx.Node, env: dict, P: int) -> _Region:
@@ -699,7 +773,8 @@ class IncrementalOcclusion:
         def crop_of(a: fx.Node) -> Any:
             if a in spatial:
                 state = env[a]
-                return _window(self._clean[a], state if isinstance(state, _Region) else None, top, left, rh, rw)
+                return _window(self._clean[a], state if isinstance(state, _Region) else None, top, left, rh, rw,
+                               vectorized=self.vectorized)
             return self._materialize(a, env[a], P)
 
         args = fx.node.map_arg(node.args, crop_of)
@@ -712,7 +787,7 @@ class IncrementalOcclusion:
         clean_in, clean_out = self._clean[src], self._clean[node]
         H, W = clean_in.shape[-2:]
         rh, rw = region.crop.shape[-2:]
-        before = _window(clean_in, None, region.top, region.left, rh, rw)  # (P, C, rh, rw)
+        before = _window(clean_in, None, region.top, region.left, rh, rw, vectorized=self.vectorized)  # (P, C, rh, rw)
         delta = (region.crop - before).sum(dim=(2, 3)) / (H * W)  # (P, C)
         out = clean_out + delta.reshape((P,) + tuple(clean_out.shape[1:]))
         return _Full(out)

@@ -27,14 +27,11 @@ the same interface.
 from __future__ import annotations
 
 import contextlib
-import copy
 import hashlib
-import io
-import json
 import math
 import os
 from collections.abc import Callable, Sequence
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import warnings
 
@@ -42,11 +39,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from erf import _probe
+from erf._probe import MEMORY_FORMATS, pair as _pair
 from erf.distributed import check_shard, gather_to_main, merge_disjoint, merge_topk, rank_state_path, shard_indices
-from erf.graph import resolve_layer, truncate
+from erf.graph import resolve_layer
 from erf.incremental import IncrementalOcclusion
 from erf.result import ERFResult, build_result, recenter, rf_to_dict
-from erf.util import atomic_write, unknown_name
+from erf.util import unknown_name
 
 __all__ = [
     "NOISE_KINDS",
@@ -56,6 +55,7 @@ __all__ = [
     "occluder_centers",
     "make_patches",
     "FullReinference",
+    "OcclusionConfig",
     "select_units",
     "probe_occlusion",
 ]
@@ -63,17 +63,9 @@ __all__ = [
 NOISE_KINDS = ("uniform", "gaussian", "constant")
 ENGINES = ("auto", "full", "incremental")
 PRECISIONS = ("fp32", "bf16")
-_STATE_VERSION = 1
 
 
 # --------------------------------------------------------------------------- geometry
-def _pair(value, what: str) -> tuple[int, int]:
-    pair = (value, value) if isinstance(value, (int, np.integer)) else tuple(value)
-    if len(pair) != 2 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in pair):
-        raise ValueError(f"{what}={value!r}; expected an integer or a pair of integers")
-    return int(pair[0]), int(pair[1])
-
-
 def _axis_starts(n: int, p: int, s: int) -> list[int]:
     starts = list(range(0, n - p + 1, s))
     if starts[-1] != n - p:  # the last occluder touches the border
@@ -151,6 +143,37 @@ def _position_seed(seed: int, index: int) -> int:
     return int.from_bytes(digest, "little") >> 1  # torch seeds are < 2**63 here
 
 
+def _unit_noise(indices, channels: int, patch: tuple[int, int], noise: str, seed: int) -> torch.Tensor:
+    """Unit noise (P, channels, ph, pw) float64 on the CPU: row i drawn from its own generator seeded by (seed, i).
+
+    Called once per probe for every position of the grid; the per-position seeds make a
+    row independent of which other positions are drawn with it.
+    """
+    ph, pw = patch
+    index_list = [int(i) for i in indices]
+    if noise == "constant" or not index_list:
+        return torch.zeros(len(index_list), channels, ph, pw, dtype=torch.float64)
+    draw = torch.rand if noise == "uniform" else torch.randn
+    return torch.stack([draw(channels, ph, pw, dtype=torch.float64,
+                             generator=torch.Generator().manual_seed(_position_seed(seed, i)))
+                        for i in index_list])  # (P, channels, ph, pw)
+
+
+def _noise_scale(image: torch.Tensor, noise: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel offset and scale (3,) float64 of the noise for one image (its statistics, on its device)."""
+    img = image.reshape(-1, *image.shape[-2:])  # (3, H, W)
+    flat = img.reshape(img.shape[0], -1).double()  # (3, H*W)
+    if noise == "uniform":
+        lo, hi = flat.min(1).values, flat.max(1).values  # (3,)
+        return lo, hi - lo
+    return flat.mean(1), flat.std(1, unbiased=False)  # (3,): gaussian; constant noise is all zero
+
+
+def _scale_patches(unit: torch.Tensor, offset: torch.Tensor, scale: torch.Tensor, dtype) -> torch.Tensor:
+    """``offset + scale * unit`` per channel, in float64, then cast: (P, 3, ph, pw)."""
+    return (offset.view(1, -1, 1, 1) + scale.view(1, -1, 1, 1) * unit).to(dtype)
+
+
 def make_patches(image: torch.Tensor, indices: torch.Tensor, patch=11, *, noise: str = "uniform",
                  seed: int = 0) -> torch.Tensor:
     """The occluder patches for the given position indices of one image.
@@ -180,25 +203,10 @@ def make_patches(image: torch.Tensor, indices: torch.Tensor, patch=11, *, noise:
     """
     if noise not in NOISE_KINDS:
         raise unknown_name("noise kind", noise, NOISE_KINDS, show_all=True)
-    ph, pw = _pair(patch, "patch")
-    img = image.reshape(-1, *image.shape[-2:])  # (3, H, W)
-    flat = img.reshape(img.shape[0], -1).double()  # (3, H*W)
-    index_list = [int(i) for i in indices]
-    if noise == "constant":
-        unit = torch.zeros(len(index_list), img.shape[0], ph, pw, dtype=torch.float64)
-    else:
-        draw = torch.rand if noise == "uniform" else torch.randn
-        unit = torch.stack([draw(img.shape[0], ph, pw, dtype=torch.float64,
-                                 generator=torch.Generator().manual_seed(_position_seed(seed, i)))
-                            for i in index_list]) if index_list else torch.zeros(0, img.shape[0], ph, pw,
-                                                                                 dtype=torch.float64)
-    if noise == "uniform":
-        lo, hi = flat.min(1).values, flat.max(1).values  # (3,)
-        out = lo.view(1, -1, 1, 1) + (hi - lo).view(1, -1, 1, 1) * unit  # (P, 3, ph, pw)
-    else:
-        mean, std = flat.mean(1), flat.std(1, unbiased=False)  # (3,)
-        out = mean.view(1, -1, 1, 1) + std.view(1, -1, 1, 1) * unit  # (P, 3, ph, pw)
-    return out.to(device=image.device, dtype=image.dtype)
+    image_cpu = image.detach().cpu()
+    unit = _unit_noise(indices, image_cpu.reshape(-1, *image.shape[-2:]).shape[0], _pair(patch, "patch"), noise, seed)
+    offset, scale = _noise_scale(image_cpu, noise)
+    return _scale_patches(unit, offset, scale, image.dtype).to(image.device)
 
 
 # --------------------------------------------------------------------------- engines
@@ -208,6 +216,7 @@ class FullReinference:
     Args:
         body: the model cut at the probed layer (:func:`erf.graph.truncate`).
         image: (1, 3, H, W) clean image.
+        memory_format: layout of the occluded batch (``torch.channels_last`` is faster on CUDA).
 
     ``engine(positions, patches)`` with positions LongTensor (P, 2) of
     (top, left) and patches (P, 3, ph, pw) returns the activations (P, C, h, w).
@@ -224,14 +233,18 @@ class FullReinference:
             raise ValueError(f"image of shape {tuple(image.shape)}; expected (1, 3, H, W)")
         self.body = body
         self.image = image
-        self.memory_format = memory_format  # torch.channels_last on CUDA (erf.occlusion.probe_occlusion)
+        self.memory_format = memory_format
 
     @torch.inference_mode()
     def __call__(self, positions: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
         P, _, ph, pw = patches.shape
+        device = self.image.device
         batch = self.image.expand(P, -1, -1, -1).clone(memory_format=self.memory_format)  # (P, 3, H, W)
-        for p, (top, left) in enumerate(positions.tolist()):
-            batch[p, :, top:top + ph, left:left + pw] = patches[p]
+        positions = _probe.to_device(positions.long(), device)  # (P, 2)
+        rows = positions[:, :1] + torch.arange(ph, device=device)  # (P, ph): image rows of each patch
+        cols = positions[:, 1:] + torch.arange(pw, device=device)  # (P, pw)
+        p = torch.arange(P, device=device)[:, None, None]  # (P, 1, 1)
+        batch[p, :, rows[:, :, None], cols[:, None, :]] = patches.permute(0, 2, 3, 1).to(batch.dtype)  # (P, ph, pw, 3)
         return self.body(batch)  # (P, C, h, w)
 
 
@@ -242,7 +255,7 @@ def _resolve_engine(engine: str, body: nn.Module) -> str:
     ok, reason = IncrementalOcclusion.supports(body)
     if not ok:
         warnings.warn(f"incremental occlusion is not available for this model ({reason}); "
-                      "using full re-inference", stacklevel=3)
+                      "using full re-inference", stacklevel=4)
     return "incremental" if ok else "full"
 
 
@@ -261,120 +274,270 @@ def _autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
+def _batch_for_memory(free_bytes: float, per_image_bytes: float, cap: int, fraction: float = 0.6) -> int:
+    """The largest batch whose measured per-image memory fits ``fraction`` of the free memory, within [1, cap].
+
+    Example:
+        >>> _batch_for_memory(10e9, 20e6, 4096), _batch_for_memory(1e6, 20e6, 4096), _batch_for_memory(1e12, 1, 64)
+        (296, 1, 64)
+    """
+    fits = int(fraction * free_bytes // max(per_image_bytes, 1.0))
+    if fits >= 8:
+        fits -= fits % 8
+    return max(1, min(cap, fits))
+
+
+def _auto_batch_size(engine_fn, positions: torch.Tensor, patches: torch.Tensor, device: torch.device,
+                     cap: int) -> int:
+    """``batch_size="auto"``: on CUDA, measure one small batch's peak memory per image and fill the free memory.
+
+    On the CPU there is no allocator to ask, and batches past a few dozen images do not run
+    faster there, so auto means 64 positions (or fewer, when the grid has fewer).
+    """
+    cap = min(cap, 1024)
+    if device.type != "cuda":
+        return max(1, min(cap, 64))
+    probe = min(16, len(positions))
+    torch.cuda.synchronize(device)
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    with torch.inference_mode():
+        engine_fn(positions[:probe], patches[:probe])
+    torch.cuda.synchronize(device)
+    per_image = (torch.cuda.max_memory_allocated(device) - before) / probe
+    free, _ = torch.cuda.mem_get_info(device)
+    free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)  # cached, reusable
+    return _batch_for_memory(free, per_image, cap)
+
+
+# --------------------------------------------------------------------------- the configuration
+@dataclass(frozen=True)
+class OcclusionConfig:
+    """Every setting of an occlusion probe; saved whole in the result's ``config``.
+
+    Args:
+        patch: occluder size (ph, pw) or an int; default 11 (Zhou et al. 2015, Sec. 3.2).
+        stride: grid step (sh, sw) or an int, at most the patch; default 3 (Zhou et al. 2015).
+        noise: one of ``NOISE_KINDS`` (see :func:`make_patches`).
+        seed: seed of the occluder noise (and of ``"N-random"`` unit specs).
+        top_k: images per unit; at most the number of images.
+        threshold: fraction of the max for the thresholded ERF size.
+        engine: one of ``ENGINES``.
+        precision: one of ``PRECISIONS``.
+        batch_size: occluded copies per forward pass, or ``"auto"`` for the largest that fits the device.
+        skip_outside_trf: skip positions whose patch misses every probed unit's TRF (exact).
+        memory_format: ``"auto"`` (channels_last on CUDA), ``"contiguous"`` or ``"channels_last"``.
+
+    Example:
+        >>> OcclusionConfig(patch=5, stride=2).patch
+        (5, 5)
+    """
+
+    patch: tuple[int, int] = (11, 11)
+    stride: tuple[int, int] = (3, 3)
+    noise: str = "uniform"
+    seed: int = 0
+    top_k: int = 10
+    threshold: float = 0.5
+    engine: str = "auto"
+    precision: str = "fp32"
+    batch_size: int | str = 32
+    skip_outside_trf: bool = True
+    memory_format: str = "auto"
+
+    def __post_init__(self):
+        patch, stride = _pair(self.patch, "patch"), _pair(self.stride, "stride")
+        if min(patch) < 1:
+            raise ValueError(f"patch={self.patch!r}; expected a size of at least 1 pixel")
+        if min(stride) < 1:
+            raise ValueError(f"stride={self.stride!r}; expected an integer >= 1")
+        object.__setattr__(self, "patch", patch)
+        object.__setattr__(self, "stride", stride)
+        for what, value, choices in (("noise kind", self.noise, NOISE_KINDS), ("engine", self.engine, ENGINES),
+                                     ("precision", self.precision, PRECISIONS),
+                                     ("memory format", self.memory_format, MEMORY_FORMATS)):
+            if value not in choices:
+                raise unknown_name(what, value, choices, show_all=True)
+        if self.batch_size != "auto" and (not isinstance(self.batch_size, int) or isinstance(self.batch_size, bool)
+                                          or self.batch_size < 1):
+            raise ValueError(f"batch_size={self.batch_size!r}; expected an integer >= 1 or 'auto'")
+        if not 0.0 <= self.threshold < 1.0:
+            raise ValueError(f"threshold={self.threshold!r}; expected a fraction of the max in [0, 1)")
+
+    def to_dict(self, **run) -> dict:
+        """The result's ``config``: the settings as before (fp32 results keep their keys) plus ``run`` facts."""
+        d = {"method": "occlusion", "patch": list(self.patch), "stride": list(self.stride), "noise": self.noise,
+             "seed": int(self.seed), "top_k": run.pop("top_k"), "threshold": float(self.threshold),
+             "engine": self.engine, "engine_used": run.pop("engine_used"), "batch_size": run.pop("batch_size"),
+             "skip_outside_trf": run.pop("skip_outside_trf"), **run}
+        if self.batch_size == "auto":
+            d["batch_size_auto"] = True
+        if self.memory_format != "auto":
+            d["memory_format"] = self.memory_format
+        if self.precision != "fp32":
+            d["precision"] = self.precision
+            d.setdefault("bf16_drift", None)
+        else:
+            d.pop("bf16_drift", None)
+        return d
+
+
 # --------------------------------------------------------------------------- accumulators
 class _TopK:
     """Per unit, the K strongest images so far: activation, location and discrepancy map (on the grid).
 
     Order is by activation, then by the image's rank among the sorted names, so
-    the result does not depend on the order images arrive in.
+    the result does not depend on the order images arrive in. Kept on ``device``:
+    a push is a few gathers, with no host round trip.
     """
 
-    def __init__(self, U: int, K: int, grid: tuple[int, int]):
-        self.values = np.full((U, K), -np.inf)  # (U, K)
-        self.ranks = np.full((U, K), np.iinfo(np.int64).max, dtype=np.int64)  # (U, K): -1-free sentinel
-        self.locations = np.zeros((U, K, 2), dtype=np.int64)  # (U, K, 2)
-        self.maps = np.zeros((U, K) + tuple(grid), dtype=np.float32)  # (U, K, gh, gw)
+    def __init__(self, U: int, K: int, grid: tuple[int, int], device="cpu"):
+        self.device = torch.device(device)
+        self.values = torch.full((U, K), -math.inf, dtype=torch.float64, device=self.device)  # (U, K)
+        self.ranks = torch.full((U, K), torch.iinfo(torch.int64).max, dtype=torch.int64, device=self.device)
+        self.locations = torch.zeros((U, K, 2), dtype=torch.int64, device=self.device)  # (U, K, 2)
+        self.maps = torch.zeros((U, K) + tuple(grid), dtype=torch.float32, device=self.device)  # (U, K, gh, gw)
 
-    def push(self, values: np.ndarray, rank: int, locations: np.ndarray, maps: np.ndarray) -> None:
+    def push(self, values, rank: int, locations, maps) -> None:
+        values = torch.as_tensor(values, dtype=torch.float64).to(self.device)  # (U,)
+        U, K = self.values.shape
         # Number of kept entries that beat the new one = its insertion slot.
         beats = (self.values > values[:, None]) | ((self.values == values[:, None]) & (self.ranks < rank))
-        slot = beats.sum(axis=1)  # (U,)
-        K = self.values.shape[1]
-        for u in np.nonzero(slot < K)[0]:
-            s = slot[u]
-            for arr, new in ((self.values, values[u]), (self.ranks, rank),
-                             (self.locations, locations[u]), (self.maps, maps[u])):
-                arr[u, s + 1:] = arr[u, s:K - 1].copy()
-                arr[u, s] = new
+        slot = beats.sum(dim=1, keepdim=True)  # (U, 1)
+        j = torch.arange(K, device=self.device)[None]  # (1, K)
+        src = torch.where(j < slot, j, torch.where(j == slot, K, j - 1))  # (U, K): index into [kept..., new]
+        new = {"values": values, "ranks": torch.full((U,), rank, dtype=torch.int64, device=self.device),
+               "locations": torch.as_tensor(locations).to(self.device, torch.int64),
+               "maps": torch.as_tensor(maps).to(self.device, torch.float32)}
+        for key, fresh in new.items():
+            kept = getattr(self, key)  # (U, K, ...)
+            both = torch.cat([kept, fresh[:, None]], dim=1)  # (U, K + 1, ...)
+            idx = src.reshape(src.shape + (1,) * (kept.dim() - 2)).expand((U, K) + kept.shape[2:])
+            setattr(self, key, both.gather(1, idx))
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return {"values": self.values, "ranks": self.ranks, "locations": self.locations, "maps": self.maps}
+        return {k: getattr(self, k).cpu().numpy() for k in ("values", "ranks", "locations", "maps")}
+
+    def load(self, arrays: dict[str, np.ndarray]) -> None:
+        for k in ("values", "ranks", "locations", "maps"):
+            setattr(self, k, torch.from_numpy(np.asarray(arrays[k])).to(self.device))
 
 
-def _fingerprint_model(body: nn.Module) -> tuple[str, int]:
-    h = hashlib.sha256()
-    n = 0
-    for name, t in sorted(body.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-        n += t.numel() if t.is_floating_point() else 0
-    return h.hexdigest(), n
+@dataclass
+class _Canvas:
+    """How grid maps become image maps re-centred on a unit's TRF centre (the finalisation's geometry)."""
+
+    rf: object
+    image_size: tuple[int, int]
+    patch: tuple[int, int]
+    stride: tuple[int, int]
+    Ry: np.ndarray = field(init=False)
+    Rx: np.ndarray = field(init=False)
+
+    def __post_init__(self):
+        cy, cx = occluder_centers(self.image_size, self.patch, self.stride)
+        self.Ry, self.Rx = _interp_matrix(self.image_size[0], cy), _interp_matrix(self.image_size[1], cx)
+
+    def render(self, grid_maps: np.ndarray) -> np.ndarray:  # (..., gh, gw) -> (..., H, W)
+        return (self.Ry @ grid_maps.astype(np.float64) @ self.Rx.T).astype(np.float32)
+
+    def recentred(self, grid_map: np.ndarray, y: int, x: int) -> np.ndarray:
+        """One grid map normalised to max 1, on the image, re-centred on unit (y, x)'s TRF centre: (2H, 2W)."""
+        return recenter(self.render(grid_map / grid_map.max()), self.rf.center(int(y), int(x)))
+
+    def clipped_area(self, y: int, x: int) -> float:
+        top, left, bottom, right = self.rf.box(int(y), int(x), clip=True)
+        return float(max(bottom - top, 0) * max(right - left, 0))
 
 
-def _fingerprint_images(images: torch.Tensor, names: Sequence[str]) -> str:
-    h = hashlib.sha256()
-    for name, img in sorted(zip(names, images), key=lambda t: t[0]):
-        h.update(name.encode())
-        h.update(img.detach().cpu().float().contiguous().numpy().tobytes())
-    return h.hexdigest()
+class _UnitsAccumulator:
+    """Units mode: per probed channel, the top-K images by its clean activation and their discrepancy maps."""
+
+    mode = "units"
+
+    def __init__(self, U: int, K: int, grid: tuple[int, int], names: Sequence[str], device):
+        self.topk = _TopK(U, K, grid, device)
+        self.rank_of = {n: r for r, n in enumerate(sorted(names))}
+
+    def push(self, name: str, values: torch.Tensor, locations: torch.Tensor, maps: torch.Tensor) -> None:
+        """One image: each unit's clean value (U,), location (U, 2) and discrepancy map (U, gh, gw)."""
+        self.topk.push(values, self.rank_of[name], locations, maps)
+
+    def state_dict(self, done: list[str]) -> dict[str, np.ndarray]:
+        return self.topk.arrays()
+
+    def load_state_dict(self, arrays: dict[str, np.ndarray], done: list[str]) -> None:
+        self.topk.load(arrays)
+
+    def merge(self, parts: list[tuple[list[str], dict]]) -> None:
+        self.topk.load(merge_topk([arrays for _, arrays in parts], self.topk.values.shape[1]))
+
+    def finalize(self, canvas: _Canvas, names: list[str], views=None, **common) -> ERFResult:
+        """The result; ``views(topk_images)`` adds what the unit browser shows of each top-K image."""
+        t = self.topk.arrays()
+        U = len(t["values"])
+        index_of_rank = {self.rank_of[n]: j for j, n in enumerate(names)}
+        topk_images = np.array([[index_of_rank.get(int(r), -1) for r in row] for row in t["ranks"]])  # (U, K)
+        valid = np.isfinite(t["values"])  # (U, K)
+        maps = np.zeros((U,) + tuple(2 * s for s in canvas.image_size), dtype=np.float32)  # (U, 2H, 2W)
+        trf_areas = np.zeros(U)
+        for u in range(U):
+            ks = np.nonzero(valid[u])[0]
+            for k in ks:
+                if t["maps"][u, k].max() > 0:
+                    maps[u] += canvas.recentred(t["maps"][u, k], *t["locations"][u, k])
+            maps[u] /= max(len(ks), 1)
+            trf_areas[u] = np.mean([canvas.clipped_area(*t["locations"][u, k]) for k in ks])
+        extra = {} if views is None else {**views(topk_images), "topk_maps": t["maps"]}
+        return build_result(mode="units", maps=maps, trf_areas=trf_areas, topk_images=topk_images,
+                            topk_locations=t["locations"], topk_values=np.where(valid, t["values"], np.nan),
+                            images=names, **extra, **common)
 
 
-def _load_state(path: Path, identity: dict) -> tuple[dict, dict] | None:
-    if not path.is_file():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-        meta = json.loads(str(arrays.pop("meta")))
-    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same clear message
-        raise ValueError(f"resume state {str(path)!r} is unreadable ({type(exc).__name__}); delete it to start over")
-    if meta.get("version") != _STATE_VERSION:
-        raise ValueError(f"resume state {str(path)!r} has version {meta.get('version')!r}; expected "
-                         f"{_STATE_VERSION}; delete it to start over")
-    theirs = meta["identity"]
-    diff = [f"{k}: {theirs.get(k)!r} there, {v!r} here" for k, v in identity.items() if theirs.get(k) != v]
-    if diff:
-        raise ValueError(f"resume state {str(path)!r} was written by a different probe ({'; '.join(diff)}); "
-                         "use the same settings, or delete it to start over")
-    return meta, arrays
+class _NeuronAccumulator:
+    """Neuron mode: one neuron's clean value and discrepancy map on every image."""
+
+    mode = "neuron"
+
+    def __init__(self, neuron: tuple[int, int, int]):
+        self.neuron = neuron
+        self.per_image: dict[str, tuple[float, np.ndarray]] = {}
+
+    def push(self, name: str, values: torch.Tensor, locations: torch.Tensor, maps: torch.Tensor) -> None:
+        self.per_image[name] = (float(values[0]), maps[0].cpu().numpy())
+
+    def state_dict(self, done: list[str]) -> dict[str, np.ndarray]:
+        return {"values": np.array([self.per_image[n][0] for n in done]),
+                "maps": np.stack([self.per_image[n][1] for n in done])}
+
+    def load_state_dict(self, arrays: dict[str, np.ndarray], done: list[str]) -> None:
+        self.per_image = {n: (float(v), m) for n, v, m in zip(done, arrays["values"], arrays["maps"])}
+
+    def merge(self, parts: list[tuple[list[str], dict]]) -> None:
+        merged = []
+        for done, arrays in parts:
+            part = _NeuronAccumulator(self.neuron)
+            part.load_state_dict(arrays, done)
+            merged.append(part.per_image)
+        self.per_image = merge_disjoint(merged)
+
+    def finalize(self, canvas: _Canvas, names: list[str], views=None, **common) -> ERFResult:
+        c, y, x = self.neuron
+        grid = np.stack([self.per_image[n][1] for n in names])  # (N, gh, gw), image order
+        maps = np.zeros((1,) + tuple(2 * s for s in canvas.image_size), dtype=np.float32)  # (1, 2H, 2W)
+        for g in grid:
+            if g.max() > 0:
+                maps[0] += canvas.recentred(g, y, x)
+        maps[0] /= len(names)
+        N = len(names)
+        return build_result(mode="neuron", maps=maps, trf_areas=np.array([canvas.clipped_area(y, x)]),
+                            topk_images=np.arange(N)[None], topk_locations=np.tile(np.array([y, x])[None, None],
+                                                                                    (1, N, 1)),
+                            topk_values=np.array([[self.per_image[n][0] for n in names]]),
+                            image_maps=canvas.render(grid), neuron=self.neuron, images=names, **common)
 
 
-def _save_state(path: Path, identity: dict, done: list[str], arrays: dict[str, np.ndarray]) -> None:
-    meta = json.dumps({"version": _STATE_VERSION, "identity": identity, "done": done})
-    buf = io.BytesIO()
-    np.savez(buf, meta=np.array(meta), **arrays)
-    with atomic_write(path) as f:
-        f.write(buf.getvalue())
-
-
-# --------------------------------------------------------------------------- the probe
-def _check_finite(t: torch.Tensor, layer: str, what: str) -> None:
-    if not torch.isfinite(t).all():
-        raise ValueError(f"layer {layer!r} gives NaN or inf activations on {what}; expected finite values "
-                         "(check the weights and the input normalisation)")
-
-
-def _sweep(engine_fn, image, positions, run_idx, unit_idx, loc_y, loc_x, base, *, patch, noise, seed,
-           batch_size, what, bar=None) -> torch.Tensor:
-    """|act - clean| of every probed unit at its location, for the positions in ``run_idx``, batch by batch.
-
-    Returns (U, P) float32 on the CPU; positions not in ``run_idx`` stay exactly 0. Only the (B, U)
-    values at the units' locations are kept from each batch's (B, C, h, w) activation.
-    """
-    U, P = len(unit_idx), len(positions)
-    discrepancy = torch.zeros(U, P, dtype=torch.float32)  # (U, P): one column per occluder position
-    for b0 in range(0, len(run_idx), batch_size):
-        idx = run_idx[b0:b0 + batch_size]  # (B,)
-        patches = make_patches(image, idx, patch, noise=noise, seed=seed)  # (B, 3, ph, pw)
-        with torch.inference_mode():
-            act = engine_fn(positions[idx], patches)  # (B, C, h, w)
-            at_units = act[:, unit_idx, loc_y, loc_x].float()  # (B, U): each unit at its own location
-        if not torch.isfinite(at_units).all():
-            raise ValueError(f"NaN or inf activations on {what}; expected finite values")
-        discrepancy[:, idx] = (at_units - base).abs().T.cpu()  # (U, B)
-        if bar is not None:
-            bar.update(len(idx))
-    return discrepancy
-
-
-def _center_unit(rf, h: int, w: int, image_size: tuple[int, int]) -> tuple[int, int]:
-    """The location whose TRF centre is nearest the image centre (ties: the lower index)."""
-    H, W = image_size
-    ys = [abs(rf.center(y, 0)[0] - (H - 1) / 2) for y in range(h)]
-    xs = [abs(rf.center(0, x)[1] - (W - 1) / 2) for x in range(w)]
-    return int(np.argmin(ys)), int(np.argmin(xs))
-
-
+# --------------------------------------------------------------------------- the sweep
 def _needed(rf, starts_y, starts_x, patch, locations) -> np.ndarray:
     """Bool (gh, gw): occluder positions whose patch overlaps the TRF of at least one probed location."""
     ph, pw = patch
@@ -385,6 +548,103 @@ def _needed(rf, starts_y, starts_x, patch, locations) -> np.ndarray:
         mask |= np.outer((sy < bottom) & (sy + ph > top), (sx < right) & (sx + pw > left))
     return mask
 
+
+class _Sweep:
+    """Everything fixed for one probe, and the discrepancies of one image at a time.
+
+    The unit noise of every grid position is drawn once (the same per-position
+    seeds as :func:`make_patches`) and kept on the device; per image it is scaled
+    by the image's statistics, the positions are batched, each batch's activations
+    at the probed units are written into a (U, P) block on the device, and the
+    host is touched once, for the units' locations (which pick the positions to run).
+    """
+
+    def __init__(self, body, cfg: OcclusionConfig, layer: str, rf, image_size, device, memory_format, engine):
+        self.body, self.cfg, self.layer, self.rf, self.device = body, cfg, layer, rf, device
+        self.memory_format, self.engine = memory_format, engine
+        (H, W), self.patch, stride = _check_geometry(image_size, cfg.patch, cfg.stride)
+        self.starts_y, self.starts_x = _axis_starts(H, self.patch[0], stride[0]), _axis_starts(W, self.patch[1], stride[1])
+        self.positions = occluder_positions((H, W), cfg.patch, cfg.stride)  # (P, 2) on the host
+        self.unit_noise = _unit_noise(range(len(self.positions)), 3, self.patch, cfg.noise, cfg.seed).to(device)
+        self.skip = cfg.skip_outside_trf and not getattr(rf, "is_global", False)
+        self.batch_size = cfg.batch_size
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return len(self.starts_y), len(self.starts_x)
+
+    def clean(self, image: torch.Tensor, name: str, units: torch.Tensor, neuron) -> tuple:
+        """Each probed unit's clean fp32 activation (U,) and location (U, 2) on the device, and the positions to run."""
+        with torch.inference_mode():
+            clean = self.body(image)[0]  # (C, h, w)
+        _probe.check_finite(clean, self.layer, f"image {name!r}")
+        if neuron is None:
+            flat = clean[units].reshape(len(units), -1)  # (U, h*w)
+            where = flat.argmax(dim=1)  # (U,): each unit's strongest location (first one on ties)
+            values = flat.gather(1, where[:, None])[:, 0]  # (U,)
+            locations = torch.stack([where // clean.shape[-1], where % clean.shape[-1]], 1)  # (U, 2)
+        else:
+            locations = torch.tensor([neuron[1:]], device=self.device)  # (1, 2)
+            values = clean[units, locations[:, 0], locations[:, 1]]  # (1,)
+        run = np.ones(len(self.positions), dtype=bool)
+        if self.skip:  # the one host round trip of the image
+            run = _needed(self.rf, self.starts_y, self.starts_x, self.patch, locations.cpu().numpy()).ravel()
+        return values, locations, torch.from_numpy(np.nonzero(run)[0])
+
+    def discrepancy(self, image_cpu, name, units, values, locations, run_idx, precision, bar=None) -> torch.Tensor:
+        """(U, P) float32 on the device: |act - clean| of each unit at its location; 0 for positions not run."""
+        image = image_cpu.to(self.device).contiguous(memory_format=self.memory_format)  # (1, 3, H, W)
+        offset, scale = _noise_scale(image_cpu, self.cfg.noise)  # (3,) each, from the host copy: device-exact
+        patches = _scale_patches(self.unit_noise, offset.to(self.device), scale.to(self.device), image.dtype)
+        loc_y, loc_x = locations[:, 0], locations[:, 1]
+        U, P = len(units), len(self.positions)
+        out = torch.zeros(U, P, dtype=torch.float32, device=self.device)  # (U, P): one column per position
+        finite = torch.ones((), dtype=torch.bool, device=self.device)
+        with _autocast(self.device, precision):
+            base = values
+            if precision != "fp32":  # the clean activation at the same precision
+                with torch.inference_mode():
+                    base = self.body(image)[0][units, loc_y, loc_x]  # (U,)
+            engine_fn = _make_engine(self.engine, self.body, image, self.memory_format)
+            run_dev = _probe.to_device(run_idx, self.device)  # (R,)
+            if self.batch_size == "auto":
+                self.batch_size = _auto_batch_size(engine_fn, self.positions[run_idx], patches[run_dev], self.device,
+                                                   len(self.positions))
+            for b0 in range(0, len(run_idx), self.batch_size):
+                idx, idx_dev = run_idx[b0:b0 + self.batch_size], run_dev[b0:b0 + self.batch_size]  # (B,)
+                with torch.inference_mode():
+                    act = engine_fn(self.positions[idx], patches[idx_dev])  # (B, C, h, w)
+                    at_units = act[:, units, loc_y, loc_x].float()  # (B, U): each unit at its own location
+                finite &= torch.isfinite(at_units).all()
+                out[:, idx_dev] = (at_units - base.float()).abs().T  # (U, B)
+                if bar is not None:
+                    bar.update(len(idx))
+        if not bool(finite):
+            raise ValueError(f"NaN or inf activations on an occluded copy of image {name!r} at layer "
+                             f"{self.layer!r}; expected finite values")
+        return out
+
+
+def _check_units(units, C: int, layer: str, seed: int) -> list[int]:
+    unit_list = select_units(units, C, seed=seed)
+    bad = [u for u in unit_list if not 0 <= u < C]
+    if bad or not unit_list:
+        raise ValueError(f"units {bad or unit_list!r} are not channels of layer {layer!r} with {C} channels; "
+                         f"expected indices in 0..{C - 1}")
+    if len(set(unit_list)) != len(unit_list):
+        raise ValueError(f"units {unit_list!r} repeat a channel; expected unique indices")
+    return unit_list
+
+
+def _bf16_drift(sweep: _Sweep, image_cpu, name, units, neuron, precision) -> float:
+    """``max |d_bf16 - d_fp32| / max |d_fp32|`` on the first batch of one image."""
+    image = image_cpu.to(sweep.device).contiguous(memory_format=sweep.memory_format)
+    values, locations, run = sweep.clean(image, name, units, neuron)
+    first = run[:sweep.batch_size if sweep.batch_size != "auto" else 64]
+    ref = sweep.discrepancy(image_cpu, name, units, values, locations, first, "fp32")[:, first]  # (U, B)
+    low = sweep.discrepancy(image_cpu, name, units, values, locations, first, precision)[:, first]  # (U, B)
+    err, scale = float((low - ref).abs().max()), float(ref.abs().max())
+    return err / scale if scale > 0 else err
 
 def _display_norm(images) -> tuple[np.ndarray, np.ndarray] | None:
     """The (mean, std) per channel an ImageSet was normalised with, or None for a bare tensor."""
@@ -429,27 +689,6 @@ def _topk_views(body, images, topk_images, unit_list, device, norm) -> dict[str,
     return {"display_images": display, "topk_activations": activations}
 
 
-def _as_images(images, names):
-    try:
-        from erf.images import ImageSet
-    except ImportError:  # pragma: no cover
-        ImageSet = ()
-    if isinstance(images, ImageSet):
-        names = list(images.names) if names is None else list(names)
-        images = images.images
-    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
-        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-        raise ValueError(f"images of shape {shape}; expected a float tensor (N, 3, H, W) or an erf.images.ImageSet")
-    N = images.shape[0]
-    if N == 0:
-        raise ValueError("no images to probe; expected at least one")
-    names = [f"image_{i:05d}" for i in range(N)] if names is None else [str(n) for n in names]
-    if len(names) != N:
-        raise ValueError(f"{len(names)} names for {N} images; expected one name per image")
-    if len(set(names)) != N:
-        dup = next(n for n in names if names.count(n) > 1)
-        raise ValueError(f"image name {dup!r} appears more than once; expected unique names")
-    return images.float(), names
 
 
 def probe_occlusion(
@@ -466,7 +705,7 @@ def probe_occlusion(
     units: Sequence[int] | str | None = None,
     neuron: tuple | None = None,
     threshold: float = 0.5,
-    batch_size: int = 32,
+    batch_size: int | str = 32,
     engine: str = "auto",
     device: str | torch.device | None = None,
     skip_outside_trf: bool = True,
@@ -478,11 +717,14 @@ def probe_occlusion(
     precision: str = "fp32",
     rank: int = 0,
     world_size: int = 1,
+    memory_format: str = "auto",
+    state_every: float = 60.0,
+    config: OcclusionConfig | None = None,
 ) -> ERFResult | None:
     """Empirical receptive fields of a layer's units by sliding-noise occlusion (Zhou et al. 2015).
 
     Args:
-        model: the network (put in eval mode; it is cut at ``layer``).
+        model: the network; the probe runs its own eval-mode copy of the cut, so ``model`` is left as it was.
         layer: module path or fx node name (``erf.graph.layer_names``), e.g. ``"features.29"`` (VGG16 conv5_3).
         images: tensor (N, 3, H, W), normalised as the model expects, or an ``erf.images.ImageSet``.
         names: N unique image names; default the ImageSet's, else ``image_00000``, ...
@@ -496,28 +738,36 @@ def probe_occlusion(
         neuron: probe one neuron on every image instead: ``(c, y, x)`` or ``(c, "center")`` for the unit
             of channel c whose TRF centre is nearest the image centre. ``units`` and ``top_k`` are then unused.
         threshold: fraction of the max for the thresholded ERF size (default 0.5).
-        batch_size: occluded copies per forward pass (default 32).
-        engine: ``"full"``, ``"incremental"`` or ``"auto"`` (incremental where the graph allows, else full with a warning; results agree within float round-off).
+        batch_size: occluded copies per forward pass (default 32), or ``"auto"``: on CUDA the largest batch
+            that fits the free device memory (measured on one small batch), on the CPU 64.
+        engine: ``"full"``, ``"incremental"`` or ``"auto"`` (incremental where the graph allows, else full with
+            a warning; results agree within float round-off).
         device: where to run; default the model's device.
         skip_outside_trf: skip occluder positions whose patch misses the TRF of every probed unit location
             (exact: such a patch cannot change those units). Default True; off for global layers.
         rf: the layer's ``erf.rf.LayerRF``; default computed with ``erf.rf.receptive_field``.
         model_name: a label for the model's identity in the result.
-        state_path: file for resumable accumulators, saved atomically after every image; a rerun with the
-            same settings skips the images already done. A state from other settings is refused.
-            With ``world_size > 1`` each rank keeps its own file (:func:`erf.distributed.rank_state_path`),
-            so a run resumes with the same number of processes.
-        on_image: called as ``on_image(done_count, name)`` after each image's state is saved
-            (``done_count`` counts this rank's images).
+        state_path: file for resumable accumulators, saved atomically every ``state_every`` seconds, at the
+            end, and when the probe is interrupted by an exception; a rerun with the same settings skips the
+            images already saved. A state from other settings is refused. With ``world_size > 1`` each
+            rank keeps its own file (:func:`erf.distributed.rank_state_path`), so a run resumes with the same
+            number of processes.
+        on_image: called as ``on_image(done_count, name)`` after each image's state is saved (with a
+            callback the state is saved after every image; ``done_count`` counts this rank's images).
         progress: show a tqdm bar over occluder positions.
         precision: ``"fp32"`` (default) or ``"bf16"``: the occluded passes (and the clean activation they
             are compared with) run under bf16 autocast; the top-K selection stays fp32. The drift from
             fp32 is measured on the first batch of the first image and stored as ``config["bf16_drift"]``:
-            ``max |d_bf16 - d_fp32| / max |d_fp32|`` over its discrepancies. On CUDA the model and the
-            occluded batches also run in ``torch.channels_last``.
+            ``max |d_bf16 - d_fp32| / max |d_fp32|`` over its discrepancies.
         rank, world_size: this process's place under ``torch.distributed`` (torchrun): it probes
             ``images[rank::world_size]`` and rank 0 merges every rank's accumulators
             (:mod:`erf.distributed`); the result equals a single-process run's.
+        memory_format: layout of the probe's model copy and batches: ``"auto"`` (channels_last on CUDA,
+            contiguous elsewhere), ``"contiguous"`` or ``"channels_last"``.
+        state_every: seconds between resume-state saves (default 60; 0 saves after every image).
+        config: an :class:`OcclusionConfig`; when given it replaces ``patch``, ``stride``, ``noise``, ``seed``,
+            ``top_k``, ``threshold``, ``batch_size``, ``engine``, ``skip_outside_trf``, ``precision`` and
+            ``memory_format``.
 
     Returns:
         :class:`erf.result.ERFResult` with ``maps`` (U, 2H, 2W) (``mode="units"``), or for a neuron
@@ -529,238 +779,114 @@ def probe_occlusion(
         >>> res.maps.shape, res.summary["table"]["trf_side"]
         ((2, 448, 448), 196.0)
     """
-    display_norm = _display_norm(images)
-    images, names = _as_images(images, names)
+    cfg = config or OcclusionConfig(patch, stride, noise, seed, top_k, threshold, engine, precision, batch_size,
+                                    skip_outside_trf, memory_format)
+    display_norm = _display_norm(images)  # before the ImageSet becomes a bare tensor
+    images, names = _probe.as_images(images, names)
+    with _probe.preserved_modes(model), _probe.ieee_fp32(_probe.resolve_device(model, device)):
+        setup = _setup(model, layer, images, names, cfg, units, neuron, device, rf, rank, world_size, state_path,
+                       state_every)
+        sweep, acc, unit_idx, clock = setup["sweep"], setup["acc"], setup["unit_idx"], setup["clock"]
+        done = setup["done"]
+        bf16_drift = None
+        if cfg.precision != "fp32" and rank == 0:
+            bf16_drift = _bf16_drift(sweep, images[:1], names[0], unit_idx, setup["neuron"], cfg.precision)
+        todo = [i for i in shard_indices(len(names), rank, world_size) if names[i] not in set(done)]
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(todo) * len(sweep.positions), unit="pos", desc=f"occlusion {setup['layer']}")
+        try:
+            for i in todo:
+                image = images[i:i + 1].to(sweep.device).contiguous(memory_format=sweep.memory_format)  # (1, 3, H, W)
+                values, locations, run = sweep.clean(image, names[i], unit_idx, setup["neuron"])
+                d = sweep.discrepancy(images[i:i + 1], names[i], unit_idx, values, locations, run, cfg.precision, bar)
+                if bar is not None:
+                    bar.update(len(sweep.positions) - len(run))
+                acc.push(names[i], values.double(), locations, d.reshape((len(unit_idx),) + sweep.grid))
+                done.append(names[i])
+                clock.tick(done, lambda: acc.state_dict(done), force=on_image is not None)  # the callback sees it saved
+                if on_image is not None:
+                    on_image(len(done), names[i])
+        finally:  # at the end, and on any interruption: what is done is kept
+            clock.tick(done, lambda: acc.state_dict(done), force=True)
+            if bar is not None:
+                bar.close()
+        if world_size > 1:  # rank 0 merges every rank's accumulators and alone builds the result
+            parts = gather_to_main((done, acc.state_dict(done)), rank, world_size)
+            if rank != 0:
+                return None
+            acc.merge(parts)
+    gh, gw = sweep.grid
+    run_config = cfg.to_dict(top_k=None if setup["neuron"] else int(cfg.top_k), engine_used=sweep.engine,
+                             batch_size=sweep.batch_size if sweep.batch_size == "auto" else int(sweep.batch_size),
+                             skip_outside_trf=bool(sweep.skip), positions=int(gh * gw), grid=[gh, gw],
+                             device=str(sweep.device), bf16_drift=bf16_drift)
+    views = None
+    if setup["neuron"] is None:  # what the unit browser shows of each top-K image (lab.browse)
+        run_config["display_images"] = "exact" if display_norm is not None else "min-max"
+        views = lambda topk_images: _topk_views(sweep.body, images, topk_images, setup["units"],  # noqa: E731
+                                                sweep.device, display_norm)
+    return acc.finalize(_Canvas(sweep.rf, tuple(images.shape[-2:]), sweep.patch, cfg.stride), names, views=views,
+                        method="occlusion", layer=setup["layer"], image_size=tuple(images.shape[-2:]),
+                        config=run_config, model={"name": model_name or type(model).__name__,
+                                                  "fingerprint": setup["fingerprint"], "parameters": setup["n_params"]},
+                        trf=rf_to_dict(sweep.rf), units=np.array(setup["units"]), threshold=cfg.threshold)
+
+
+def _setup(model, layer, images, names, cfg: OcclusionConfig, units, neuron, device, rf, rank, world_size,
+           state_path, state_every) -> dict:
+    """Checks, the probe's model copy, the units, the sweep, the accumulator and its resume state."""
     N, _, H, W = images.shape
-    (H, W), (ph, pw), (sh, sw) = _check_geometry((H, W), patch, stride)
-    if noise not in NOISE_KINDS:
-        raise unknown_name("noise kind", noise, NOISE_KINDS, show_all=True)
-    if engine not in ENGINES:
-        raise unknown_name("engine", engine, ENGINES, show_all=True)
-    if precision not in PRECISIONS:
-        raise unknown_name("precision", precision, PRECISIONS, show_all=True)
+    _check_geometry((H, W), cfg.patch, cfg.stride)
     check_shard(rank, world_size)
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size={batch_size!r}; expected an integer >= 1")
-    if not 0.0 <= threshold < 1.0:
-        raise ValueError(f"threshold={threshold!r}; expected a fraction of the max in [0, 1)")
-    if neuron is None and (not isinstance(top_k, int) or top_k < 1 or top_k > N):
-        raise ValueError(f"top_k={top_k!r} but there are {N} images; expected 1 <= top_k <= {N}")
+    if neuron is None and (not isinstance(cfg.top_k, int) or cfg.top_k < 1 or cfg.top_k > N):
+        raise ValueError(f"top_k={cfg.top_k!r} but there are {N} images; expected 1 <= top_k <= {N}")
     layer = resolve_layer(model, layer)
-    if device is None:
-        device = next(iter(model.parameters()), torch.empty(0)).device
-    device = torch.device(device)
-    if rf is None:  # before truncating: the analysis restores the model's train/eval mode, which the cut shares
+    device = _probe.resolve_device(model, device)
+    memory_format = _probe.resolve_memory_format(cfg.memory_format, device)
+    if rf is None:
         from erf.rf import receptive_field
 
         rf = receptive_field(model, layer, (H, W))
-    body = truncate(model, layer).to(device)  # eval mode
-    engine_used = _resolve_engine(engine, body)
-    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
-    # The occluded passes run on a channels_last copy on CUDA (the caller's model keeps its layout).
-    run_body = copy.deepcopy(body).to(memory_format=memory_format) if device.type == "cuda" else body
-
+    body = _probe.private_body(model, layer, device, memory_format)
+    engine = _resolve_engine(cfg.engine, body)
     with torch.inference_mode():
-        probe_act = body(images[:1].to(device))  # (1, C, h, w)
-    _check_finite(probe_act, layer, f"image {names[0]!r}")
+        probe_act = body(images[:1].to(device).contiguous(memory_format=memory_format))  # (1, C, h, w)
+    _probe.check_finite(probe_act, layer, f"image {names[0]!r}")
     _, C, h, w = probe_act.shape
     if neuron is not None:
-        neuron = _check_neuron(neuron, (C, h, w), layer, rf, (H, W))
+        neuron = _probe.check_neuron(neuron, (C, h, w), layer, rf, (H, W))
         unit_list = [neuron[0]]
     else:
-        unit_list = select_units(units, C, seed=seed)
-        bad = [u for u in unit_list if not 0 <= u < C]
-        if bad or not unit_list:
-            raise ValueError(f"units {bad or unit_list!r} are not channels of layer {layer!r} with {C} channels; "
-                             f"expected indices in 0..{C - 1}")
-        if len(set(unit_list)) != len(unit_list):
-            raise ValueError(f"units {unit_list!r} repeat a channel; expected unique indices")
-    U = len(unit_list)
-    unit_idx = torch.tensor(unit_list, device=device)
-
-    starts_y = _axis_starts(H, ph, sh)
-    starts_x = _axis_starts(W, pw, sw)
-    gh, gw = len(starts_y), len(starts_x)
-    positions = occluder_positions((H, W), (ph, pw), (sh, sw))  # (P, 2)
-    skip = skip_outside_trf and not getattr(rf, "is_global", False)
-    fingerprint, n_params = _fingerprint_model(body)
+        unit_list = _check_units(units, C, layer, cfg.seed)
+    sweep = _Sweep(body, cfg, layer, rf, (H, W), device, memory_format, engine)
+    acc = (_UnitsAccumulator(len(unit_list), cfg.top_k, sweep.grid, names, device) if neuron is None
+           else _NeuronAccumulator(neuron))
+    fingerprint, n_params = _probe.fingerprint_model(body)
     identity = {
-        "method": "occlusion", "layer": layer, "image_size": [H, W], "patch": [ph, pw], "stride": [sh, sw],
-        "noise": noise, "seed": int(seed), "top_k": None if neuron else int(top_k), "units": unit_list,
+        "method": "occlusion", "layer": layer, "image_size": [H, W], "patch": list(cfg.patch),
+        "stride": list(cfg.stride), "noise": cfg.noise, "seed": int(cfg.seed),
+        "top_k": None if neuron else int(cfg.top_k), "units": unit_list,
         "neuron": None if neuron is None else list(neuron), "model": fingerprint,
-        "images": _fingerprint_images(images, names),
+        "images": _probe.fingerprint_images(images, names),
     }
-    if precision != "fp32":  # keeps fp32 states written before precision existed valid
-        identity["precision"] = precision
+    if cfg.precision != "fp32":  # keeps fp32 states written before precision existed valid
+        identity["precision"] = cfg.precision
     if world_size > 1:
         identity["shard"] = [rank, world_size]
-    rank_of = {n: r for r, n in enumerate(sorted(names))}
-
-    # Accumulators: a top-K buffer per unit, or one grid map per image for a single neuron.
-    topk = _TopK(U, top_k if neuron is None else 1, (gh, gw))
-    per_image: dict[str, tuple[float, np.ndarray]] = {}
-    done: list[str] = []
     state_path = None if state_path is None else rank_state_path(state_path, rank, world_size)
-    if state_path is not None:
-        loaded = _load_state(state_path, identity)
-        if loaded is not None:
-            meta, arrays = loaded
-            done = list(meta["done"])
-            if neuron is None:
-                topk.values, topk.ranks = arrays["values"], arrays["ranks"]
-                topk.locations, topk.maps = arrays["locations"], arrays["maps"]
-            else:
-                per_image = {n: (float(v), m) for n, v, m in zip(done, arrays["values"], arrays["maps"])}
-
-    def clean_units(image: torch.Tensor, name: str):
-        """Each probed unit's clean fp32 activation (U,) and location, and the positions to run."""
-        with torch.inference_mode():
-            clean = body(image)[0]  # (C, h, w)
-        _check_finite(clean, layer, f"image {name!r}")
-        if neuron is None:
-            flat = clean[unit_idx].reshape(U, -1)  # (U, h*w)
-            where = flat.argmax(dim=1)  # (U,): each unit's strongest location (first one on ties)
-            values = flat.gather(1, where[:, None])[:, 0]  # (U,)
-            loc_y, loc_x = where // w, where % w
-        else:
-            loc_y = torch.tensor([neuron[1]], device=device)
-            loc_x = torch.tensor([neuron[2]], device=device)
-            values = clean[unit_idx, loc_y, loc_x]  # (1,)
-        locations = torch.stack([loc_y, loc_x], 1).cpu().numpy()  # (U, 2)
-        run = np.ones(gh * gw, dtype=bool)
-        if skip:
-            run = _needed(rf, starts_y, starts_x, (ph, pw), locations).ravel()  # (P,)
-        return values, loc_y, loc_x, locations, run
-
-    def discrepancy_of(image, name, values, loc_y, loc_x, run_idx, prec, bar=None) -> torch.Tensor:
-        """(U, P) discrepancies of the positions in ``run_idx`` at precision ``prec``."""
-        image = image.contiguous(memory_format=memory_format)  # (1, 3, H, W)
-        with _autocast(device, prec):
-            base = values
-            if prec != "fp32" or run_body is not body:  # the clean activation at the same precision and layout
-                with torch.inference_mode():
-                    base = run_body(image)[0][unit_idx, loc_y, loc_x]  # (U,)
-            return _sweep(
-                _make_engine(engine_used, run_body, image, memory_format), image, positions, run_idx,
-                unit_idx, loc_y, loc_x, base.float(), patch=(ph, pw), noise=noise, seed=seed,
-                batch_size=batch_size, what=f"an occluded copy of image {name!r} at layer {layer!r}", bar=bar)
-
-    bf16_drift = None
-    if precision != "fp32" and rank == 0:  # fp32 reference on the first batch of the first image
-        image = images[:1].to(device)  # (1, 3, H, W)
-        values, loc_y, loc_x, _, run = clean_units(image, names[0])
-        first = torch.from_numpy(np.nonzero(run)[0][:batch_size])  # (B,)
-        ref = discrepancy_of(image, names[0], values, loc_y, loc_x, first, "fp32")  # (U, P)
-        low = discrepancy_of(image, names[0], values, loc_y, loc_x, first, precision)  # (U, P)
-        err, scale = float((low - ref).abs().max()), float(ref.abs().max())
-        bf16_drift = err / scale if scale > 0 else err
-
-    finished = set(done)
-    todo = [i for i in shard_indices(N, rank, world_size) if names[i] not in finished]
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(todo) * len(positions), unit="pos", desc=f"occlusion {layer}")
-    for i in todo:
-        image = images[i:i + 1].to(device)  # (1, 3, H, W)
-        values, loc_y, loc_x, locations, run = clean_units(image, names[i])
-        discrepancy = discrepancy_of(image, names[i], values, loc_y, loc_x,
-                                     torch.from_numpy(np.nonzero(run)[0]), precision, bar=bar)
-        if bar is not None:
-            bar.update(int((~run).sum()))
-        maps = discrepancy.reshape(U, gh, gw).numpy()
-        values_np = values.double().cpu().numpy()
-        if neuron is None:
-            topk.push(values_np, rank_of[names[i]], locations, maps)
-        else:
-            per_image[names[i]] = (float(values_np[0]), maps[0])
-        done.append(names[i])
-        if state_path is not None:
-            if neuron is None:
-                arrays = topk.arrays()
-            else:
-                arrays = {"values": np.array([per_image[n][0] for n in done]),
-                          "maps": np.stack([per_image[n][1] for n in done])}
-            _save_state(state_path, identity, done, arrays)
-        if on_image is not None:
-            on_image(len(done), names[i])
-    if bar is not None:
-        bar.close()
-    if world_size > 1:  # rank 0 merges every rank's accumulators and alone builds the result
-        parts = gather_to_main(topk.arrays() if neuron is None else per_image, rank, world_size)
-        if rank != 0:
-            return None
-        if neuron is None:
-            merged = merge_topk(parts, topk.values.shape[1])
-            topk.values, topk.ranks = merged["values"], merged["ranks"]
-            topk.locations, topk.maps = merged["locations"], merged["maps"]
-        else:
-            per_image = merge_disjoint(parts)
-
-    # Render grid maps on the image pixels, re-centre on each unit's TRF centre, average.
-    cy, cx = occluder_centers((H, W), (ph, pw), (sh, sw))
-    Ry, Rx = _interp_matrix(H, cy), _interp_matrix(W, cx)  # (H, gh), (W, gw)
-
-    def render(grid_maps: np.ndarray) -> np.ndarray:  # (..., gh, gw) -> (..., H, W)
-        return (Ry @ grid_maps.astype(np.float64) @ Rx.T).astype(np.float32)
-
-    def clipped_area(y: int, x: int) -> float:
-        top, left, bottom, right = rf.box(int(y), int(x), clip=True)
-        return float(max(bottom - top, 0) * max(right - left, 0))
-
-    out_maps = np.zeros((U, 2 * H, 2 * W), dtype=np.float32)  # (U, 2H, 2W)
-    image_maps = None
-    if neuron is None:
-        rank_to_index = {rank_of[n]: j for j, n in enumerate(names)}
-        topk_images = np.array([[rank_to_index.get(int(r), -1) for r in row] for row in topk.ranks])  # (U, K)
-        valid = np.isfinite(topk.values)  # (U, K)
-        trf_areas = np.zeros(U)
-        for u in range(U):
-            ks = np.nonzero(valid[u])[0]
-            for k in ks:
-                g = topk.maps[u, k]
-                peak = g.max()
-                if peak > 0:
-                    center = rf.center(*topk.locations[u, k])
-                    out_maps[u] += recenter(render(g / peak), center)
-            out_maps[u] /= max(len(ks), 1)
-            trf_areas[u] = np.mean([clipped_area(*topk.locations[u, k]) for k in ks])
-        topk_locations, topk_values = topk.locations, np.where(valid, topk.values, np.nan)
-    else:
-        grid = np.stack([per_image[n][1] for n in names])  # (N, gh, gw), image order
-        image_maps = render(grid)  # (N, H, W): raw |delta| on the image grid
-        center = rf.center(neuron[1], neuron[2])
-        for g, m in zip(grid, image_maps):
-            if g.max() > 0:
-                out_maps[0] += recenter(m / g.max(), center)
-        out_maps[0] /= N
-        trf_areas = np.array([clipped_area(neuron[1], neuron[2])])
-        topk_images = np.arange(N)[None]  # (1, N): every image
-        topk_locations = np.tile(np.array(neuron[1:])[None, None], (1, N, 1))  # (1, N, 2)
-        topk_values = np.array([[per_image[n][0] for n in names]])  # (1, N)
-
-    config = {
-        "method": "occlusion", "patch": [ph, pw], "stride": [sh, sw], "noise": noise, "seed": int(seed),
-        "top_k": None if neuron is not None else int(top_k), "threshold": float(threshold), "engine": engine,
-        "engine_used": engine_used,
-        "batch_size": int(batch_size), "skip_outside_trf": bool(skip), "positions": int(gh * gw),
-        "grid": [gh, gw], "device": str(device),
-    }
-    if precision != "fp32":  # fp32 configs stay as they were
-        config.update(precision=precision, bf16_drift=bf16_drift)
-    views = {}
-    if neuron is None:  # what the unit browser shows of each top-K image (lab.browse)
-        views = {**_topk_views(body, images, topk_images, unit_list, device, display_norm), "topk_maps": topk.maps}
-        config["display_images"] = "exact" if display_norm is not None else "min-max"
-    return build_result(
-        method="occlusion", mode="units" if neuron is None else "neuron", layer=layer, image_size=(H, W),
-        config=config, model={"name": model_name or type(model).__name__, "fingerprint": fingerprint,
-                              "parameters": n_params},
-        images=names, trf=rf_to_dict(rf), units=np.array(unit_list), maps=out_maps, trf_areas=trf_areas,
-        topk_images=topk_images, topk_locations=topk_locations, topk_values=topk_values,
-        image_maps=image_maps, neuron=neuron, threshold=threshold, **views,
-    )
+    done: list[str] = []
+    loaded = None if state_path is None else _probe.load_state(state_path, identity)
+    if loaded is not None:
+        done, arrays = loaded
+        acc.load_state_dict(arrays, done)
+    clock = _probe.StateClock(state_path, identity, state_every)
+    clock.saved = len(done) if loaded is not None else -1
+    return {"sweep": sweep, "acc": acc, "unit_idx": torch.tensor(unit_list, device=device), "clock": clock,
+            "done": done, "layer": layer, "neuron": neuron, "units": unit_list, "fingerprint": fingerprint,
+            "n_params": n_params}
 
 
 def select_units(units, channels: int, *, seed: int = 0) -> list[int]:
@@ -785,20 +911,3 @@ def select_units(units, channels: int, *, seed: int = 0) -> list[int]:
         except ValueError:
             raise ValueError(f"units={units!r}; expected 'all', a comma list like '0,5,9', or 'N-random'") from None
     return [int(u) for u in units]
-
-
-def _check_neuron(neuron, shape: tuple[int, int, int], layer: str, rf, image_size) -> tuple[int, int, int]:
-    C, h, w = shape
-    if isinstance(neuron, (tuple, list)) and len(neuron) == 2 and neuron[1] == "center":
-        c = neuron[0]
-        if not isinstance(c, (int, np.integer)) or not 0 <= c < C:
-            raise ValueError(f"neuron channel {c!r} is outside layer {layer!r} of shape (C, h, w) = {shape}; "
-                             f"expected 0 <= c < {C}")
-        return (int(c),) + _center_unit(rf, h, w, image_size)
-    if (not isinstance(neuron, (tuple, list)) or len(neuron) != 3
-            or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in neuron)):
-        raise ValueError(f"neuron={neuron!r}; expected (c, y, x) integers or (c, 'center')")
-    c, y, x = (int(v) for v in neuron)
-    if not (0 <= c < C and 0 <= y < h and 0 <= x < w):
-        raise ValueError(f"neuron {(c, y, x)} is outside layer {layer!r} of shape (C, h, w) = {shape}")
-    return c, y, x

@@ -35,8 +35,10 @@ from erf.distributed import ProcessShard, rank_state_path
 from erf.gradient import probe_gradient
 from erf.graph import resolve_layer, truncate
 from erf.images import ImageSet
-from erf.occlusion import (ENGINES, NOISE_KINDS, PRECISIONS, _check_geometry, _check_neuron, _fingerprint_images,
-                           _fingerprint_model, probe_occlusion, select_units)
+from erf._probe import check_neuron as _check_neuron
+from erf._probe import fingerprint_images as _fingerprint_images
+from erf._probe import fingerprint_model as _fingerprint_model
+from erf.occlusion import ENGINES, NOISE_KINDS, PRECISIONS, _check_geometry, probe_occlusion, select_units
 from erf.result import ERFResult
 from erf.rf import receptive_field
 from erf.util import atomic_write, check_path, format_number, parse_device, unknown_name
@@ -67,7 +69,8 @@ class ProbeSettings:
         threshold: ERF size threshold, a fraction of the max in [0, 1).
         seed: occluder noise, N-random units, noise inputs.
         precision: ``"fp32"`` or ``"bf16"`` (occlusion).
-        engine, batch_size, device: how the passes run; they do not change the numbers.
+        engine, batch_size, device: how the passes run; they do not change the numbers. ``batch_size="auto"``:
+            the largest occlusion batch that fits the device's memory (the gradient then uses 16).
     """
 
     patch: int = 11
@@ -81,7 +84,7 @@ class ProbeSettings:
     seed: int = 0
     precision: str = "fp32"
     engine: str = "auto"
-    batch_size: int = 32
+    batch_size: int | str = 32
     device: str = "cpu"
 
     def identity(self, method: str) -> dict:
@@ -96,12 +99,13 @@ def _check_settings(s: ProbeSettings, methods: Sequence[str], size: tuple[int, i
     for m in methods:
         if m not in METHODS:
             raise unknown_name("method", m, METHODS, show_all=True)
-    for name in ("patch", "stride", "top_k", "noise_inputs", "batch_size", "seed"):
+    for name in ("patch", "stride", "top_k", "noise_inputs", "seed"):
         value = getattr(s, name)
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError(f"{name}={value!r}; expected an integer")
-    if s.batch_size < 1:
-        raise ValueError(f"batch_size={s.batch_size}; expected an integer >= 1")
+    if s.batch_size != "auto" and (isinstance(s.batch_size, bool) or not isinstance(s.batch_size, int)
+                                   or s.batch_size < 1):
+        raise ValueError(f"batch_size={s.batch_size!r}; expected an integer >= 1 or 'auto'")
     if not isinstance(s.threshold, (int, float)) or not 0.0 <= s.threshold < 1.0:
         raise ValueError(f"threshold={s.threshold!r}; expected a fraction of the max in [0, 1)")
     if "gradient" in methods and s.noise_inputs < 0:
@@ -310,7 +314,8 @@ def _probe_one(model, layer, method, target: Path, made_from, images, s: ProbeSe
         center = s.neuron in (None, "center")
         result = probe_gradient(
             model, layer, images, position="center" if center else None, neuron=None if center else s.neuron,
-            noise_inputs=s.noise_inputs, seed=s.seed, threshold=s.threshold, batch_size=s.batch_size,
+            noise_inputs=s.noise_inputs, seed=s.seed, threshold=s.threshold,
+            batch_size=16 if s.batch_size == "auto" else s.batch_size,
             device=device, model_name=model_name, rank=shard.rank, world_size=shard.world)
     if shard.main:  # only rank 0 holds the merged result
         result.save(target)

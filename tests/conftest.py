@@ -15,6 +15,17 @@ ROOT = Path(__file__).resolve().parents[1]
 CAMVID = Path(os.environ.get("ERF_CAMVID", ROOT.parent / "shared" / "data" / "camvid"))
 
 
+def pytest_collection_modifyitems(config, items):
+    """``cuda`` tests need a GPU: without one they are skipped, saying so (bench/gpu.sh runs them on a GPU)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="no CUDA device (torch.cuda.is_available() is False); "
+                                   "run bash bench/gpu.sh on a machine with a GPU")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

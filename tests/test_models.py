@@ -6,7 +6,8 @@ import torch
 import torchvision
 from torch import nn
 
-from erf.models import IMAGENET_MEAN, LoadedModel, load_model
+import parsenet  # noqa: F401 - registers the checkpoint loader, as the erf-* commands do
+from erf.models import IMAGENET_MEAN, LoadedModel, load_model, register_model_loader
 
 
 def test_torchvision_name_random_init_is_seeded_and_in_eval_mode():
@@ -141,3 +142,32 @@ def test_meta_device_builds_without_memory():
     lm = load_model("vgg16", device="meta")
     assert lm.model.features[0].weight.is_meta and not lm.model.training
     assert not load_model("tests.test_models:tiny_net", device="meta").model[0].weight.is_cpu
+
+
+def test_erf_imports_nothing_of_ours_and_learns_checkpoints_from_parsenet(tmp_path):
+    import subprocess
+    import sys
+
+    torch.save({"x": torch.zeros(1)}, tmp_path / "f.pt")
+    code = ("import sys, erf, erf.models\n"
+            "assert not [m for m in sys.modules if m.split('.')[0] in ('parsenet', 'lab', 'cli', 'figures')]\n"
+            f"try:\n    erf.models.load_model({str(tmp_path / 'f.pt')!r})\n"
+            "except ValueError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "no loader for model files is registered; `import parsenet`" in out
+
+
+def test_registered_loader_claims_its_prefix():
+    def toy(spec, weights):
+        return LoadedModel(nn.Conv2d(3, 4, 3), spec, IMAGENET_MEAN, IMAGENET_MEAN, (32, 32), {"weights": weights})
+
+    register_model_loader("toy-test:", toy, name="toy-test")
+    try:
+        lm = load_model("toy-test:a", weights="w")
+        assert lm.name == "toy-test:a" and lm.model.out_channels == 4 and lm.meta == {"weights": "w"}
+        assert not lm.model.training
+    finally:
+        from erf import models
+        models._LOADERS[:] = [e for e in models._LOADERS if e[0] != "toy-test"]
+    with pytest.raises(ValueError, match="unknown model 'toy-test:a'"):
+        load_model("toy-test:a")

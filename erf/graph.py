@@ -7,6 +7,7 @@ returns its activation, so probes never run the rest of the network.
 """
 from __future__ import annotations
 
+import copy
 import warnings
 
 import torch
@@ -62,11 +63,15 @@ class TruncatedModel(nn.Module):
     Traced with ``torch.fx`` (dead code after the layer is removed). Models that
     cannot be traced fall back to a forward hook that stops the pass as soon as
     the layer has run. 2-D outputs (B, C) of Linear layers come back as (B, C, 1, 1).
+
+    The cut works on a private copy of ``model``: moving it (``.to(device)``),
+    switching its mode or hooking it leaves the caller's model exactly as it was.
     """
 
     def __init__(self, model: nn.Module, layer: str):
         super().__init__()
         self.layer = resolve_layer(model, layer)
+        model = copy.deepcopy(model)  # the cut's .to()/.eval() and the fallback hook must not touch the caller's model
         self.traced = True
         try:
             from torchvision.models.feature_extraction import create_feature_extractor

@@ -159,6 +159,7 @@ def _from_torchvision(name: str, weights: str | None, device: str | torch.device
                 torch.manual_seed(_SEED)
                 model = get_model(name, weights=None)
         meta["weights"] = None
+        size = getattr(model, "image_size", size)  # a ViT built without weights takes its own size (vit_h_14: 224)
     elif Path(weights).is_file():
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(_SEED)

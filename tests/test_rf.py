@@ -268,17 +268,18 @@ class Op(nn.Module):
         return self.fn(self.conv(x))
 
 
-@pytest.mark.parametrize("module, match", [
-    (nn.Sequential(nn.Conv2d(3, 4, 3), nn.GroupNorm(2, 4)), r"GroupNorm at '1'"),
-    (nn.Sequential(nn.Conv2d(3, 4, 3), nn.Linear(6, 5)), r"Linear at '1'.*mixes positions"),
-    (nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, padding_mode="circular")), r"Conv2d at '0'.*circular"),
-    (Op(lambda f: f.transpose(2, 3)), r"Tensor.transpose at 'transpose'"),
-    (Op(lambda f: f.softmax(dim=2)), r"Tensor.softmax at 'softmax'.*dim 2"),
-    (Op(lambda f: torch.roll(f, 1, 2)), r"roll at 'roll'"),
+@pytest.mark.parametrize("module, match, layers", [
+    (nn.Sequential(nn.Conv2d(3, 4, 3), nn.GroupNorm(2, 4)), r"GroupNorm at '1'", None),
+    (nn.Sequential(nn.Conv2d(3, 4, 3), nn.Linear(6, 5)), r"Linear at '1'.*mixes positions", None),
+    (nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, padding_mode="circular")), r"Conv2d at '0'.*circular", None),
+    # layout ops are followed now (issue 15); a layer left in a layout that is no map is refused by name
+    (Op(lambda f: f.transpose(2, 3)), r"Tensor.transpose at 'transpose'", ["transpose"]),
+    (Op(lambda f: f.softmax(dim=2)), r"Tensor.softmax at 'softmax'.*dim 2", None),
+    (Op(lambda f: torch.roll(f, 1, 2)), r"roll at 'roll'", ["roll"]),
 ])
-def test_unsupported_ops_name_op_and_path(module, match):
+def test_unsupported_ops_name_op_and_path(module, match, layers):
     with pytest.raises(ValueError, match=match):
-        receptive_fields(module, 8)
+        receptive_fields(module, 8, layers)
 
 
 def test_input_too_small_names_the_layer():

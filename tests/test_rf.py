@@ -372,7 +372,8 @@ def linearised(model: nn.Module, collapse: bool = False) -> nn.Module:
     may be on the meta device then: every module with parameters is replaced.
     """
     model = copy.deepcopy(model)
-    pointwise = (nn.ReLU, nn.ReLU6, nn.Hardswish, nn.SiLU, nn.modules.batchnorm._BatchNorm)
+    pointwise = (nn.ReLU, nn.ReLU6, nn.Hardswish, nn.SiLU, nn.GELU, nn.modules.batchnorm._BatchNorm,
+                 nn.LayerNorm)  # LayerNorm over channels only: identical upstream gradients would cancel
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, pointwise):

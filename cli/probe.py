@@ -29,6 +29,7 @@ from pathlib import Path
 import click
 
 from cli._common import friendly_errors
+from cli.rf import list_layers_option
 from erf.distributed import join_process_group, rank_state_path
 from erf.gradient import probe_gradient
 from erf.images import images_from_dataset, load_images
@@ -84,6 +85,7 @@ def _print_table(rows: list[dict]) -> None:
                "region above the threshold, mean ± std over units; ERF/image is that area over the image area")
 
 
+@list_layers_option
 @click.command("erf-probe", context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.argument("model_spec", metavar="MODEL")
 @click.option("--weights", help="torchvision weights name or a local state-dict file (torchvision names and builders)")

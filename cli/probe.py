@@ -105,6 +105,9 @@ def _print_table(rows: list[dict]) -> None:
 @click.option("--units", default="all", help="channels: all, a list like 0,5,9, or N-random")
 @click.option("--neuron", help="one neuron on every image: C,Y,X or C,center; 'center' (gradient): all channels there")
 @click.option("--noise-inputs", type=int, default=0, help="gradient: also average over this many N(0,1) images")
+@click.option("--protocol", type=click.Choice(["luo", "replknet"]), default="luo",
+              help="gradient: Luo et al. 2016, or RepLKNet's (ReLU'd centre, positive gradient, area-ratio table)")
+@click.option("--protocol-size", type=int, default=1024, help="replknet: side the images are resized to (paper: 1024)")
 @click.option("--threshold", type=float, default=0.5, help="ERF size: pixels above this fraction of the max")
 @click.option("--engine", type=click.Choice(ENGINES), default="auto", help="occlusion forward passes")
 @click.option("--batch-size", type=int, default=32, help="occluded copies (or gradient inputs) per pass")
@@ -119,7 +122,7 @@ def _print_table(rows: list[dict]) -> None:
 @friendly_errors
 def probe_command(model_spec, weights, layers, images_dir, dataset, split, max_images, resize, on_bad, method, patch,
                   stride, noise, top_k, units, neuron, noise_inputs, threshold, engine, batch_size, device,
-                  precision, seed, out_dir, overwrite, resume, progress):
+                  precision, seed, out_dir, overwrite, resume, progress, protocol="luo", protocol_size=1024):
     """Probe the empirical receptive fields of MODEL's layers and print TRF against ERF per layer.
 
     MODEL is a torchvision model name (random init unless --weights), module:function
@@ -129,14 +132,14 @@ def probe_command(model_spec, weights, layers, images_dir, dataset, split, max_i
     try:
         _probe(shard, model_spec, weights, layers, images_dir, dataset, split, max_images, resize, on_bad, method,
                patch, stride, noise, top_k, units, neuron, noise_inputs, threshold, engine, batch_size, device,
-               precision, seed, out_dir, overwrite, resume, progress)
+               precision, seed, out_dir, overwrite, resume, progress, protocol=(protocol, protocol_size))
     finally:
         shard.leave()
 
 
 def _probe(shard, model_spec, weights, layers, images_dir, dataset, split, max_images, resize, on_bad, method,
            patch, stride, noise, top_k, units, neuron, noise_inputs, threshold, engine, batch_size, device,
-           precision, seed, out_dir, overwrite, resume, progress):
+           precision, seed, out_dir, overwrite, resume, progress, protocol=("luo", 1024)):
     from erf.models import load_model
 
     out = Path(out_dir)
@@ -207,7 +210,8 @@ def _probe(shard, model_spec, weights, layers, images_dir, dataset, split, max_i
                     model, layer, images, position="center" if chosen in (None, "center") else None,
                     neuron=None if chosen in (None, "center") else chosen, noise_inputs=noise_inputs, seed=seed,
                     threshold=threshold, batch_size=batch_size, device=device, model_name=loaded.name,
-                    rank=shard.rank, world_size=shard.world)
+                    rank=shard.rank, world_size=shard.world, protocol=protocol[0],
+                    **({"input_size": protocol[1]} if protocol[0] == "replknet" else {}))
             if shard.main:  # only rank 0 holds the merged result
                 result.save(target)
                 if result.config.get("bf16_drift") is not None:
@@ -215,6 +219,11 @@ def _probe(shard, model_spec, weights, layers, images_dir, dataset, split, max_i
                                "(max |change| difference over max |change|, first batch of the first image)",
                                err=True)
                 rows.append({**result.table_row(), "method": m, "mode": result.mode})
+                if "replknet" in result.config:  # RepLKNet's high-contribution area ratios
+                    from erf.replknet import format_area_ratios
+
+                    click.echo(f"{layer}: RepLKNet area ratios at {protocol[1]} px\n"
+                               f"{format_area_ratios(result.config['replknet']['area_ratios'])}")
             shard.barrier()  # the result is on disk before any rank drops its accumulators
             rank_state_path(state, shard.rank, shard.world).unlink(missing_ok=True)
     if not shard.main:

@@ -80,3 +80,13 @@ def test_bad_thresholds_and_sizes():
         probe_replknet(hand_made(), "0", torch.ones(1, 3, 11, 11), input_size=11, thresholds=(0.5, 1.5))
     with pytest.raises(ValueError, match=r"input_size=4; expected an integer side of at least 8"):
         probe_replknet(hand_made(), "0", torch.ones(1, 3, 11, 11), input_size=4)
+
+
+def test_figure_draws_the_log_map_and_the_table():
+    from figures.replknet import fig_replknet_erf
+
+    m = log_scale(expected_scores(11))
+    fig = fig_replknet_erf(m, area_ratios(expected_scores(11)), title="hand-made")
+    ax = fig.axes[0]
+    np.testing.assert_array_equal(ax.images[0].get_array(), m)
+    assert len(ax.patches) == 4 and ax.patches[0].get_width() == 5  # one 5x5 square per threshold

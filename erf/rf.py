@@ -42,6 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from erf._fx import BINARY_FUNCTIONS, BINARY_METHODS, POINTWISE_FUNCTIONS, POINTWISE_METHODS, POINTWISE_MODULES, \
+    call_node, fetch_attr
 from erf.util import unknown_name
 
 __all__ = [
@@ -986,14 +988,6 @@ def _shifted_window_attention(ctx: _Ctx) -> Any:
 
 # Modules -------------------------------------------------------------------
 
-_POINTWISE_MODULES = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
-    nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Softplus, nn.Softsign, nn.Tanhshrink,
-    nn.Threshold, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout, nn.FeatureAlphaDropout,
-    nn.modules.batchnorm._BatchNorm, nn.LocalResponseNorm, nn.Softmax2d,
-)
-
-
 def _module_rule(ctx: _Ctx, m: nn.Module) -> Any:
     if isinstance(m, nn.Conv2d):
         return _conv_like(ctx, m.kernel_size, m.stride, m.padding, m.dilation, m.padding_mode)
@@ -1026,34 +1020,15 @@ def _module_rule(ctx: _Ctx, m: nn.Module) -> Any:
         return _mha(ctx, m)
     if isinstance(m, (nn.Softmax, nn.LogSoftmax, nn.Softmin)):
         return _channel_dim(ctx, 1 if m.dim is None else m.dim)
-    if isinstance(m, _POINTWISE_MODULES):
+    if isinstance(m, POINTWISE_MODULES):
         return _union(ctx)
     raise _unsupported(ctx)
 
 
 # Functions and tensor methods ------------------------------------------------
 
-_POINTWISE_FUNCTIONS: tuple[Callable, ...] = (
-    operator.add, operator.sub, operator.mul, operator.truediv, operator.floordiv, operator.neg, operator.pos,
-    operator.pow, operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.abs,
-    torch.add, torch.sub, torch.subtract, torch.mul, torch.multiply, torch.div, torch.divide, torch.maximum,
-    torch.minimum, torch.where, torch.relu, torch.relu_, torch.sigmoid, torch.tanh, torch.abs, torch.exp,
-    torch.log, torch.sqrt, torch.rsqrt, torch.clamp, torch.clip, torch.neg, torch.pow, torch.square,
-    F.relu, F.relu_, F.relu6, F.leaky_relu, F.prelu, F.elu, F.selu, F.celu, F.gelu, F.silu, F.mish,
-    F.hardswish, F.hardsigmoid, F.hardtanh, F.softplus, F.sigmoid, F.tanh, F.threshold,
-    F.dropout, F.dropout1d, F.dropout2d, F.alpha_dropout, F.feature_alpha_dropout, F.batch_norm,
-    F.local_response_norm,
-)
-_POINTWISE_METHODS = frozenset({
-    "add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "neg", "pow", "abs", "exp", "log", "sqrt", "rsqrt",
-    "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "clamp", "clamp_", "clip", "contiguous", "clone",
-    "float", "double", "half", "bfloat16", "to", "type", "type_as", "detach", "requires_grad_", "square",
-    "__add__", "__radd__", "__mul__", "__rmul__", "__sub__", "__rsub__", "__truediv__",
-})
-
-
 def _function_rules() -> dict[Callable, Callable[[_Ctx], Any]]:
-    rules: dict[Callable, Callable[[_Ctx], Any]] = {f: _union for f in _POINTWISE_FUNCTIONS}
+    rules: dict[Callable, Callable[[_Ctx], Any]] = {f: _union for f in POINTWISE_FUNCTIONS | BINARY_FUNCTIONS}
     try:
         import torchvision.ops
 
@@ -1103,7 +1078,7 @@ def _function_rules() -> dict[Callable, Callable[[_Ctx], Any]]:
 
 
 _FUNCTION_RULES = _function_rules()
-_METHOD_RULES: dict[str, Callable[[_Ctx], Any]] = {m: _union for m in _POINTWISE_METHODS}
+_METHOD_RULES: dict[str, Callable[[_Ctx], Any]] = {m: _union for m in POINTWISE_METHODS | BINARY_METHODS}
 _METHOD_RULES.update({
     "flatten": lambda c: _flatten(c, _arg(c, 1, "start_dim", 0), _arg(c, 2, "end_dim", -1)),
     "view": _reshape, "reshape": _reshape,
@@ -1201,16 +1176,13 @@ def _run(model: nn.Module, gm: fx.GraphModule, names: dict[fx.Node, str], size: 
             placeholders += 1
             continue
         if node.op == "get_attr":
-            obj = gm
-            for part in node.target.split("."):
-                obj = getattr(obj, part)
-            values[node], states[node] = obj, None
+            values[node], states[node] = fetch_attr(gm, node.target), None
             continue
         args = fx.node.map_arg(node.args, lambda n: values[n])
         kwargs = fx.node.map_arg(node.kwargs, lambda n: values[n])
         desc = _describe(gm, node)
         try:
-            value = _call(gm, node, args, kwargs)
+            value = call_node(gm, node, args, kwargs)
         except (RuntimeError, ValueError, IndexError) as exc:
             msg = " ".join(str(exc).split())[:300]
             if any(k in msg.lower() for k in ("too small", "output size", "non-positive", "greater than actual")):
@@ -1225,7 +1197,7 @@ def _run(model: nn.Module, gm: fx.GraphModule, names: dict[fx.Node, str], size: 
         state_of = lambda a: states[a] if isinstance(a, fx.Node) else None  # noqa: E731 - literals: None
         ctx = _Ctx(name, desc, args, kwargs, fx.node.map_aggregate(node.args, state_of),
                    fx.node.map_aggregate(node.kwargs, state_of), value, size,
-                   lambda a, k, node=node: _call(gm, node, a, k))
+                   lambda a, k, node=node: call_node(gm, node, a, k))
         states[node] = _node_state(gm, node, ctx)
         if _is_global(states[node]):
             inherited = [origins[a] for a in node.all_input_nodes if a in origins]
@@ -1237,14 +1209,6 @@ def _is_global(state: Any) -> bool:
     if isinstance(state, (tuple, list)):
         return any(_is_global(s) for s in state)
     return state is _GLOBAL or isinstance(state, _Laid) and state.grid is _GLOBAL
-
-
-def _call(gm: fx.GraphModule, node: fx.Node, args: tuple, kwargs: dict) -> Any:
-    if node.op == "call_module":
-        return gm.get_submodule(node.target)(*args, **kwargs)
-    if node.op == "call_function":
-        return node.target(*args, **kwargs)
-    return getattr(args[0], node.target)(*args[1:], **kwargs)
 
 
 def _node_state(gm: fx.GraphModule, node: fx.Node, ctx: _Ctx) -> Any:

@@ -105,7 +105,7 @@ def list_layers_option(cmd: click.Command) -> click.Command:
 @click.option("--layer", "layers", multiple=True, metavar="NAME",
               help="report only this layer (module path or fx node name); repeatable")
 @click.option("--weights", default=None,
-              help="torchvision weights name (IMAGENET1K_V1, DEFAULT) or a local state-dict file; TRFs do not depend on it")
+              help="torchvision weights name (IMAGENET1K_V1, DEFAULT), pretrained (timm), or a local state-dict file; TRFs do not depend on it")
 @click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
 @friendly_errors
 def main(model: str, input_size: str | None, layers: tuple[str, ...], weights: str | None, as_json: bool) -> None:

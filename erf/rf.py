@@ -769,20 +769,25 @@ def _unit_sets(pos: torch.Tensor, dims: Sequence[int], n: int) -> torch.Tensor:
     return hits[:, 1:]
 
 
-def _mixed(ctx: _Ctx, grid: Any, size: tuple[int, int], sets: torch.Tensor, own: torch.Tensor) -> Any:
+def _mixed(ctx: _Ctx, grid: Any, size: tuple[int, int], sets: torch.Tensor, own: torch.Tensor,
+           reads: torch.Tensor | None = None) -> Any:
     """An op whose every output element reads whole slices of tokens (attention, a Linear over tokens).
 
     ``sets`` (S, h*w) says which units each slice mixes; ``own`` the positions of the output
     elements. If every slice holds every unit, the TRF is global. Otherwise (windows) each
     unit's TRF is the union of the TRFs of the units it shares a slice with: per axis, the
     rows (columns) those units occupy, fitted with :func:`sampled_axis` (exact only when
-    every unit's sources form a full rectangle of rows x columns).
+    every unit's sources form a full rectangle of rows x columns). ``reads`` (h*w, h*w), when
+    given, says exactly which units each unit reads (attention under a mask).
     """
-    if grid is _GLOBAL or bool(sets.all(dim=1).all()):
-        return _settle(_GLOBAL, size, own)
     h, w = size
-    shared = (sets.T.float() @ sets.float()) > 0  # (h*w, h*w): units that share a slice
-    shared = shared.view(h, w, h, w)
+    if reads is None:
+        if grid is _GLOBAL or bool(sets.all(dim=1).all()):
+            return _settle(_GLOBAL, size, own)
+        reads = (sets.T.float() @ sets.float()) > 0  # (h*w, h*w): units that share a slice
+    elif grid is _GLOBAL or bool(reads.all()):
+        return _settle(_GLOBAL, size, own)
+    shared = reads.view(h, w, h, w)
     exact = grid.exact
     rows, cols = [], []
     for y in range(h):
@@ -940,7 +945,39 @@ def _sdpa(ctx: _Ctx) -> Any:
     q, k, v = (_arg(ctx, i, n) for i, n in enumerate(("query", "key", "value")))
     qs, ks, vs = (ctx.states[i] if len(ctx.states) > i else ctx.kwstates.get(n)
                   for i, n in enumerate(("query", "key", "value")))
+    mask, mask_state = _arg(ctx, 3, "attn_mask"), (ctx.states[3] if len(ctx.states) > 3 else
+                                                    ctx.kwstates.get("attn_mask"))
+    if isinstance(mask, torch.Tensor) and mask_state is None and qs is not None and ks is not None:
+        masked = _masked_attention(ctx, q, k, qs, ks, vs, mask)
+        if masked is not None:
+            return masked
     return _attention(ctx, q, k, v, qs, ks, vs, -2)
+
+
+def _masked_attention(ctx: _Ctx, q, k, qs, ks, vs, mask: torch.Tensor) -> Any:
+    """Attention under an image-independent mask (Swin's shifted windows): a query reads only the keys its
+    mask lets through: True in a boolean mask, above -100 in an additive one (Swin writes -100, so the
+    weight of a masked pair is below e**-100; the window is the one the model means)."""
+    lq, lk = _laid_of(qs, q), _laid_of(ks, k)
+    if lq is None or lk is None or (vs is not None and not torch.equal(_laid_of(vs, _arg(ctx, 2, "value")).pos,
+                                                                         lk.pos)):
+        return None
+    size, grids = _common_grid(ctx, [lq, lk])
+    qp, kp = lq.pos[..., 0], lk.pos[..., 0]  # (..., L), (..., S): each token's unit (channels constant)
+    allowed = mask > -100 if mask.is_floating_point() else mask.bool()
+    shape = torch.broadcast_shapes(qp.shape[:-1], kp.shape[:-1], allowed.shape[:-2])
+    L, S = qp.shape[-1], kp.shape[-1]
+    allowed = allowed.cpu().expand(*shape, L, S)  # (..., L, S)
+    qi = qp.expand(*shape, L)[..., :, None].expand(*shape, L, S)
+    ki = kp.expand(*shape, S)[..., None, :].expand(*shape, L, S)
+    keep = allowed & (qi >= 0) & (ki >= 0)
+    n = size[0] * size[1]
+    reads = torch.zeros(n, n, dtype=torch.bool)
+    reads[qi[keep], ki[keep]] = True
+    reads |= torch.eye(n, dtype=torch.bool) & reads.any(dim=1, keepdim=True)  # a unit that attends reads itself
+    out = ctx.value
+    own = lq.pos.narrow(-1, 0, 1).expand(out.shape)
+    return _mixed(ctx, _union_grids(ctx, grids), size, None, own, reads)
 
 
 def _mha(ctx: _Ctx, m: nn.MultiheadAttention) -> Any:
@@ -978,9 +1015,12 @@ def _shifted_window_attention(ctx: _Ctx) -> Any:
     if (H, W) != laid.size or not torch.equal(laid.pos, expected):
         raise _unsupported(ctx, f"expected (B, H, W, C) tokens of a {laid.size[0]}x{laid.size[1]} grid")
     grid = laid.grid
+    sources = [_window_sources(n, window[i], shift[i]) for i, n in enumerate((H, W))]
+    if all(len(s) == n for src, n in zip(sources, (H, W)) for s in src):  # one window holds the whole map
+        return _Laid(_GLOBAL, laid.size, laid.pos)
     axes = []
     for i, n in enumerate((H, W)):
-        a, ok = sampled_axis((grid.h, grid.w)[i], _window_sources(n, window[i], shift[i]), 1.0, ctx.extent[i])
+        a, ok = sampled_axis((grid.h, grid.w)[i], sources[i], 1.0, ctx.extent[i])
         axes.append((a, ok))
     return _Laid(_Map(axes[0][0], axes[1][0], grid.exact and axes[0][1] and axes[1][1], grid.unproven),
                  laid.size, laid.pos)

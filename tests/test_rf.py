@@ -515,7 +515,7 @@ def test_gradient_support_through_layout_ops(name, size, layers):
     ("vit_b_16", "encoder.layers.encoder_layer_0.ln", "tokens+1", ""),  # fx names module ln_1 "ln"
     ("vit_b_16", "encoder", "tokens+1", "MultiheadAttention at 'encoder.layers.encoder_layer_0.self_attention'"),
     ("swin_t", "features.1", "NHWC", ""),
-    ("swin_t", "avgpool", "NCHW", "AdaptiveAvgPool2d at 'avgpool'"),
+    ("swin_t", "avgpool", "NCHW", "shifted_window_attention at 'features.7.0.attn.shifted_window_attention'"),
     ("maxvit_t", "blocks.0", "NCHW", None),
     ("regnet_y_400mf", "trunk_output.block1", "NCHW", None),
 ])
@@ -554,3 +554,31 @@ def test_layout_ops_by_hand():
     assert rfs["conv2"].layout == "NCHW" and rfs["conv2"].rf == (7, 7) and rfs["conv2"].exact
     with pytest.raises(ValueError, match=r"mixes positions"):
         receptive_fields(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Linear(6, 5)), 8)
+
+
+def test_attention_over_windows_and_under_a_mask_by_hand():
+    """Tokens of a 4x4 grid (4-px patches) attend within 2x2 windows (a block mask): the TRF is the window."""
+
+    class Net(nn.Module):
+        def __init__(self, masked: bool):
+            super().__init__()
+            self.embed = nn.Conv2d(3, 8, 4, stride=4)
+            win = (torch.arange(4)[:, None] // 2 * 2 + torch.arange(4)[None, :] // 2).flatten()  # (16,) window id
+            self.register_buffer("mask", torch.where(win[:, None] == win[None, :], 0.0, -100.0) if masked else
+                                 torch.zeros(16, 16))
+
+        def forward(self, x):
+            t = self.embed(x).flatten(2).transpose(1, 2)  # (B, 16, 8)
+            return F.scaled_dot_product_attention(t, t, t, attn_mask=self.mask)
+
+    masked = receptive_field(Net(True), "scaled_dot_product_attention", 16)
+    assert masked.layout == "tokens+0" and not masked.is_global and masked.exact is False
+    # a unit reads its window, one patch to one side: the one symmetric box that contains every unit's
+    # window spans one patch either side, 3 patches = 12 px (not an affine grid of boxes, so exact=False)
+    assert masked.rf == (12, 12) and masked.box(0, 0, clip=True) == (0, 0, 8, 8)
+    for y, x in ((1, 1), (2, 2), (1, 2)):
+        t, l, b, r = masked.box(y, x, clip=True)
+        wy, wx = y // 2 * 8, x // 2 * 8  # the window's top-left pixel
+        assert t <= wy and l <= wx and b >= wy + 8 and r >= wx + 8
+    full = receptive_field(Net(False), "scaled_dot_product_attention", 16)
+    assert full.is_global and full.global_from.startswith("scaled_dot_product_attention")

@@ -8,3 +8,5 @@ loads its OpenMP runtime, hence here, and only where the user has not chosen.
 import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import parsenet  # noqa: E402,F401 - registers our checkpoints as model specs (erf.models.register_model_loader)

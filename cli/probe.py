@@ -25,11 +25,12 @@ from __future__ import annotations
 import click
 
 from cli._common import BATCH_SIZE, FOLDER, PATH, check_resume_flags, command, friendly_errors
+from cli.rf import list_layers_option
 from erf.distributed import join_process_group
 from erf.images import MAX_PIXELS, images_from_dataset, load_images
 from erf.models import load_model
 from erf.occlusion import ENGINES, NOISE_KINDS, PRECISIONS
-from erf.runner import ProbeSettings, format_table, run_probe
+from erf.runner import PROTOCOLS, ProbeSettings, format_table, run_probe
 
 __all__ = ["probe_command", "main"]
 
@@ -61,6 +62,7 @@ def _neuron(text: str | None, method: str):
     return _ints(text, "--neuron", (3,))
 
 
+@list_layers_option
 @command("erf-probe", show_default=True)
 @click.argument("model_spec", metavar="MODEL")
 @click.option("--weights", help="torchvision weights name or a local state-dict file (torchvision names and builders)")
@@ -82,6 +84,9 @@ def _neuron(text: str | None, method: str):
 @click.option("--units", default="all", help="channels: all, a list like 0,5,9, or N-random")
 @click.option("--neuron", help="one neuron on every image: C,Y,X or C,center; 'center' (gradient): all channels there")
 @click.option("--noise-inputs", type=int, default=0, help="gradient: also average over this many N(0,1) images")
+@click.option("--protocol", type=click.Choice(PROTOCOLS), default="luo",
+              help="gradient: Luo et al. 2016, or RepLKNet's (ReLU'd centre, positive gradient, area-ratio table)")
+@click.option("--protocol-size", type=int, default=1024, help="replknet: side the images are resized to (paper: 1024)")
 @click.option("--threshold", type=float, default=0.5, help="ERF size: pixels above this fraction of the max")
 @click.option("--engine", type=click.Choice(ENGINES), default="auto", help="occlusion forward passes")
 @click.option("--batch-size", type=BATCH_SIZE, default=32,

@@ -3,6 +3,7 @@
     erf-rf vgg16 --input-size 224 --json
     erf-rf resnet50 --layer layer3 --layer layer4
     erf-rf mypkg.nets:build --input-size 224x320
+    erf-rf timm:vit_tiny_patch16_224 --list-layers
 """
 from __future__ import annotations
 
@@ -12,10 +13,11 @@ import re
 import click
 
 from cli._common import command, friendly_errors
+from erf.graph import layer_names
 from erf.models import load_model
 from erf.rf import LayerRF, receptive_fields
 
-__all__ = ["main", "parse_input_size", "format_table", "to_json"]
+__all__ = ["main", "parse_input_size", "format_table", "to_json", "list_layers_option"]
 
 _SIZE = re.compile(r"^\s*(\d+)\s*(?:[xX×,]\s*(\d+))?\s*$")
 
@@ -45,23 +47,57 @@ def _pair(p: tuple[float, float], sep: str = "x") -> str:
 def format_table(rfs: dict[str, LayerRF]) -> str:
     """One row per layer: name, output size, TRF, jump, centre of unit (0, 0), global flag."""
     head = ("layer", "size", "TRF", "jump", "centre(0,0)", "global")
-    rows = [(name, f"{r.size[0]}x{r.size[1]}", _pair(r.rf) + ("" if r.exact else "*"), _pair(r.jump),
+    rows = [(name, f"{r.size[0]}x{r.size[1]}" + ("" if r.layout == "NCHW" else f" ({r.layout})"),
+             _pair(r.rf) + ("" if r.exact else "*"), _pair(r.jump),
              f"({_num(r.start[0])}, {_num(r.start[1])})", "yes" if r.is_global else "")
             for name, r in rfs.items()]
     widths = [max(len(str(c)) for c in col) for col in zip(head, *rows)]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in (head, *rows)]
     if any(not r.exact for r in rfs.values()):
-        lines.append("* after a resampling layer: the smallest box that contains every unit's support")
+        lines.append("* after a resampling layer or windowed attention: the smallest box that contains every unit's support")
+    origins = sorted({r.global_from for r in rfs.values() if r.global_from})
+    if origins:
+        lines.append(f"global from: {'; '.join(origins)}")
     return "\n".join(lines)
 
 
 def to_json(model: str, input_size: tuple[int, int], rfs: dict[str, LayerRF]) -> str:
     """JSON with the input size and one object per layer (the fields of :class:`~erf.rf.LayerRF`)."""
     layers = [{"name": name, "size": list(r.size), "rf": list(r.rf), "jump": list(r.jump), "start": list(r.start),
-               "is_global": r.is_global, "exact": r.exact} for name, r in rfs.items()]
+               "is_global": r.is_global, "exact": r.exact, "global_from": r.global_from, "layout": r.layout}
+              for name, r in rfs.items()]
     return json.dumps({"model": model, "input_size": list(input_size), "layers": layers}, indent=1)
 
 
+def list_layers_option(cmd: click.Command) -> click.Command:
+    """Give a command taking MODEL a ``--list-layers`` flag: print every name ``--layer`` accepts and exit.
+
+    The flag is handled before the command's own checks, so no other option (``--layer``,
+    ``--images``) is needed with it.
+    """
+    cmd.params.append(click.Option(["--list-layers"], is_flag=True, expose_value=False,
+                                   help="print the layer names --layer accepts (module paths, then fx node names) and exit"))
+    parse = cmd.parse_args
+
+    def parse_args(ctx: click.Context, args: list[str]) -> list[str]:
+        if "--list-layers" not in args or any(a in ("-h", "--help") for a in args):
+            return parse(ctx, args)
+        opts, _, _ = cmd.make_parser(ctx).parse_args(args=[a for a in args if a != "--list-layers"])
+        spec = opts.get("model", opts.get("model_spec"))
+        if spec is None:
+            raise click.UsageError("--list-layers lists the layers of MODEL; give MODEL", ctx=ctx)
+        try:
+            names = layer_names(load_model(spec, device="meta").model)  # names do not depend on weights
+        except (ValueError, FileNotFoundError, OSError) as exc:
+            raise click.ClickException(" ".join(str(exc).split())) from None
+        click.echo("\n".join(names))
+        ctx.exit(0)
+
+    cmd.parse_args = parse_args
+    return cmd
+
+
+@list_layers_option
 @command("erf-rf")
 @click.argument("model")
 @click.option("--input-size", "input_size", default=None, metavar="N|HxW",
@@ -69,14 +105,15 @@ def to_json(model: str, input_size: tuple[int, int], rfs: dict[str, LayerRF]) ->
 @click.option("--layer", "layers", multiple=True, metavar="NAME",
               help="report only this layer (module path or fx node name); repeatable")
 @click.option("--weights", default=None,
-              help="torchvision weights name (IMAGENET1K_V1, DEFAULT) or a local state-dict file; TRFs do not depend on it")
+              help="torchvision weights name (IMAGENET1K_V1, DEFAULT), pretrained (timm), or a local state-dict file; TRFs do not depend on it")
 @click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
 @friendly_errors
 def main(model: str, input_size: str | None, layers: tuple[str, ...], weights: str | None, as_json: bool) -> None:
     """Theoretical receptive field, jump and centre of every layer of MODEL.
 
-    MODEL is a torchvision classification model name (vgg16, resnet50, ...), a
-    'module.path:function' builder, or a training checkpoint (.pt).
+    MODEL is a torchvision classification model name (vgg16, resnet50, ...),
+    timm:NAME (pip install 'erf-toolkit[timm]'), a 'module.path:function' builder,
+    or a training checkpoint (.pt).
     """
     size = parse_input_size(input_size) if input_size is not None else None
     # weights do not change a TRF: without them, build on the meta device (no memory, no init time)

@@ -11,7 +11,7 @@ from erf.graph import TruncatedModel, layer_channels, layer_names, resolve_layer
 from erf.distributed import ProcessShard, join_process_group, shard_indices
 from erf.images import IMAGENET_MEAN, IMAGENET_STD, ImageSet, images_from_dataset, load_images
 from erf.incremental import IncrementalOcclusion, MacCount
-from erf.models import LoadedModel, load_model
+from erf.models import LoadedModel, load_model, register_model_loader
 from erf.occlusion import (ENGINES, NOISE_KINDS, PRECISIONS, FullReinference, OcclusionConfig, make_patches,
                            occluder_positions, probe_occlusion, select_units)
 from erf.result import ERFResult
@@ -23,7 +23,7 @@ from erf.stats import (ERFStats, GaussianFit, bootstrap_means, centered_square, 
 __all__ = [
     "LayerRF", "receptive_field", "receptive_fields",
     "layer_names", "resolve_layer", "truncate", "TruncatedModel", "layer_channels",
-    "LoadedModel", "load_model",
+    "LoadedModel", "load_model", "register_model_loader",
     "ImageSet", "load_images", "images_from_dataset", "IMAGENET_MEAN", "IMAGENET_STD",
     "probe_occlusion", "OcclusionConfig", "occluder_positions", "make_patches", "select_units", "FullReinference",
     "IncrementalOcclusion", "MacCount", "ENGINES", "NOISE_KINDS", "PRECISIONS",

@@ -63,6 +63,7 @@ def probe_gradient(
     model_name: str | None = None,
     rank: int = 0,
     world_size: int = 1,
+    protocol: str = "luo",
 ) -> ERFResult | None:
     """Gradient ERF of one output position or neuron of ``layer`` (Luo et al. 2016).
 
@@ -86,6 +87,8 @@ def probe_gradient(
         rank, world_size: this process's place under ``torch.distributed`` (torchrun): it back-propagates
             from inputs ``rank, rank + world_size, ...``; rank 0 adds every rank's partial sums and divides
             by the global input count (:mod:`erf.distributed`).
+        protocol: ``"luo"`` (this docstring) or ``"replknet"``: RepLKNet's protocol
+            (:func:`erf.replknet.probe_replknet`; ``input_size`` is its resize side, default 1024).
 
     Returns:
         :class:`erf.result.ERFResult` with ``maps`` (1, 2H, 2W): the mean of ``sum_rgb |grad|`` over
@@ -98,6 +101,12 @@ def probe_gradient(
         >>> res.maps.shape, res.mode
         ((1, 192, 192), 'position')
     """
+    if protocol != "luo":
+        from erf.replknet import replknet_from_gradient_args
+
+        return replknet_from_gradient_args(protocol, model, layer, images, names=names, input_size=input_size,
+                                           batch_size=batch_size, device=device, rf=rf, model_name=model_name,
+                                           world_size=world_size)
     if not isinstance(noise_inputs, int) or noise_inputs < 0:
         raise ValueError(f"noise_inputs={noise_inputs!r}; expected an integer >= 0")
     if not isinstance(inits, int) or inits < 1:

@@ -7,6 +7,7 @@ returns its activation, so probes never run the rest of the network.
 """
 from __future__ import annotations
 
+import copy
 import warnings
 
 import torch
@@ -51,6 +52,17 @@ def resolve_layer(model: nn.Module, layer: str) -> str:
     raise unknown_name(f"layer in {type(model).__name__}", layer, names)
 
 
+_MAX_PREFIX_TOKENS = 16  # class + distillation + register tokens ahead of the patch tokens
+
+
+def _channels_last(shape: torch.Size, size: tuple[int, int]) -> bool:
+    """Is a 4-D activation (B, h, w, C) rather than (B, C, h, w)? Whichever pair of axes has the input's
+    aspect ratio is spatial; a tie (a 7x7 map with 7 channels) reads as (B, C, h, w)."""
+    _, a, b, c = shape
+    H, W = size
+    return abs(a * W - b * H) < abs(b * W - c * H)
+
+
 class _Stop(Exception):
     def __init__(self, value: torch.Tensor):
         self.value = value
@@ -59,14 +71,26 @@ class _Stop(Exception):
 class TruncatedModel(nn.Module):
     """``model`` cut at ``layer``: ``forward(x)`` returns that layer's activation, shape (B, C, h, w).
 
+    Token layers (B, K + h*w, D) of Vision Transformers come back as (B, D, h, w) with the
+    K leading class, distillation or register tokens dropped and (h, w) the patch grid of
+    the patch embedding; channels-last layers (B, h, w, C) of ConvNeXt and Swin blocks are
+    permuted. The probes, statistics and figures then work unchanged.
+
     Traced with ``torch.fx`` (dead code after the layer is removed). Models that
     cannot be traced fall back to a forward hook that stops the pass as soon as
     the layer has run. 2-D outputs (B, C) of Linear layers come back as (B, C, 1, 1).
+
+    The cut works on a private copy of ``model``: moving it (``.to(device)``),
+    switching its mode or hooking it leaves the caller's model exactly as it was.
     """
 
     def __init__(self, model: nn.Module, layer: str):
         super().__init__()
         self.layer = resolve_layer(model, layer)
+        model = copy.deepcopy(model)  # the cut's .to()/.eval() and the fallback hook must not touch the caller's model
+        conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+        self._patch = None if conv is None or isinstance(conv.padding, str) else (
+            conv.kernel_size, conv.stride, conv.padding, conv.dilation)
         self.traced = True
         try:
             from torchvision.models.feature_extraction import create_feature_extractor
@@ -102,9 +126,36 @@ class TruncatedModel(nn.Module):
             out = out[0]
         if out.dim() == 2:
             out = out[:, :, None, None]
+        elif out.dim() == 3:
+            out = self._tokens_to_map(out, tuple(x.shape[-2:]))
+        elif out.dim() == 4 and _channels_last(out.shape, tuple(x.shape[-2:])):
+            out = out.permute(0, 3, 1, 2)  # (B, h, w, C) -> (B, C, h, w)
         if out.dim() != 4:
-            raise ValueError(f"layer {self.layer!r} gives a {out.dim()}-D output; expected (B, C, h, w) or (B, C)")
+            raise ValueError(f"layer {self.layer!r} gives a {out.dim()}-D output; expected (B, C, h, w), "
+                             f"(B, h, w, C), tokens (B, N, D) or (B, C)")
         return out
+
+    def _tokens_to_map(self, tokens: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """(B, K + h*w, D) tokens -> (B, D, h, w): the K leading class/distillation/register tokens dropped,
+        (h, w) the patch grid of the patch embedding (the model's first convolution) or a coarser stage of it."""
+        B, N, D = tokens.shape
+        h, w = self.patch_grid(size)
+        for _ in range(6):  # the patch grid, then each 2x coarser stage (hierarchical token models)
+            k = N - h * w
+            if 0 <= k <= _MAX_PREFIX_TOKENS:
+                return tokens[:, k:].transpose(1, 2).reshape(B, D, h, w)  # (B, D, h, w)
+            h, w = (h + 1) // 2, (w + 1) // 2
+        raise ValueError(f"layer {self.layer!r} gives {N} tokens, which is not the patch grid "
+                         f"{self.patch_grid(size)} (or a coarser stage) plus at most {_MAX_PREFIX_TOKENS} "
+                         f"class/register tokens; expected (B, K + h*w, D) tokens")
+
+    def patch_grid(self, size: tuple[int, int]) -> tuple[int, int]:
+        """(h, w) of the patch embedding's output for an input of ``size``: the model's first Conv2d."""
+        if self._patch is None:
+            raise ValueError(f"layer {self.layer!r} gives tokens but the model has no Conv2d patch embedding "
+                             f"to read the token grid from")
+        k, s, p, d = self._patch
+        return tuple((n + 2 * p[i] - d[i] * (k[i] - 1) - 1) // s[i] + 1 for i, n in enumerate(size))
 
 
 def truncate(model: nn.Module, layer: str) -> TruncatedModel:

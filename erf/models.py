@@ -7,8 +7,13 @@ A spec is one of:
   (``"IMAGENET1K_V1"``, ``"DEFAULT"``, ``"VGG16_Weights.IMAGENET1K_V1"``, loaded through
   torchvision's weights API, which downloads once into ``$TORCH_HOME/hub/checkpoints``)
   or a local state-dict file;
+* ``"timm:NAME"``: a timm model (the optional extra ``erf-toolkit[timm]``), randomly
+  initialised (seeded), with a local state-dict file, or ``weights="pretrained"`` for
+  timm's own download (needs the internet; never used by the tests);
 * ``"module.path:function"``: ``function()`` is called and must return an ``nn.Module``;
-* the path of one of our training checkpoints (``runs/x/best.pt``).
+* anything a registered loader claims (:func:`register_model_loader`): ``import parsenet``
+  registers the loader of our training checkpoints (``runs/x/best.pt``), so ``erf``
+  itself imports nothing of the packages built on it.
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ import importlib
 import os
 import re
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +31,7 @@ from torch import nn
 from erf.images import IMAGENET_MEAN, IMAGENET_STD
 from erf.util import did_you_mean, unknown_name
 
-__all__ = ["LoadedModel", "load_model", "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = ["LoadedModel", "load_model", "register_model_loader", "ModelLoader", "IMAGENET_MEAN", "IMAGENET_STD"]
 
 _SEED = 0  # random init of torchvision models without weights
 _BUILDER = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
@@ -51,13 +57,41 @@ class LoadedModel:
     meta: dict = field(default_factory=dict)
 
 
+ModelLoader = Callable[[str, "str | None"], "LoadedModel"]
+"""``loader(spec, weights) -> LoadedModel``: builds the model on the CPU; :func:`load_model` moves it."""
+
+_LOADERS: list[tuple[str, Callable[[str], bool], ModelLoader]] = []  # (name, claims(spec), loader), in order
+
+
+def register_model_loader(match: str | Callable[[str], bool], loader: ModelLoader, *, name: str) -> None:
+    """Teach :func:`load_model` a new kind of spec, without ``erf`` importing the package that knows it.
+
+    Args:
+        match: a prefix (``"timm:"``) or a predicate ``spec -> bool`` (``Path(spec).is_file``).
+        loader: ``loader(spec, weights) -> LoadedModel``, raising ValueError on bad input.
+        name: what the loader loads, for messages (``"parsenet checkpoint"``). Registering a
+            name again replaces the earlier loader (re-imports stay harmless).
+
+    Example:
+        >>> register_model_loader("toy:", lambda spec, weights: LoadedModel(nn.Conv2d(3, 4, 3), spec,
+        ...                       IMAGENET_MEAN, IMAGENET_STD, None), name="toy")
+        >>> load_model("toy:any").model.out_channels
+        4
+    """
+    claims = (lambda spec, prefix=match: spec.startswith(prefix)) if isinstance(match, str) else match
+    if not callable(claims) or not callable(loader):
+        raise TypeError(f"register_model_loader({match!r}, {loader!r}): expected a prefix or predicate and a callable")
+    _LOADERS[:] = [entry for entry in _LOADERS if entry[0] != name] + [(name, claims, loader)]
+
+
 def load_model(spec: str, *, weights: str | None = None, device: str | torch.device | None = None) -> LoadedModel:
     """Resolve ``spec`` to a model in eval mode (see the module docstring for the forms).
 
     Args:
-        spec: torchvision model name, ``"module.path:function"``, or a checkpoint path.
-        weights: for torchvision names and builders: None (random init, seeded), a
-            torchvision weights name, or a local state-dict file.
+        spec: torchvision model name, ``"timm:NAME"``, ``"module.path:function"``, or a
+            spec a registered loader claims (a checkpoint path once ``parsenet`` is imported).
+        weights: for torchvision and timm names and builders: None (random init, seeded),
+            a local state-dict file, or a torchvision weights name / ``"pretrained"`` for timm.
         device: where to put the model (default: CPU). ``"meta"`` without weights builds
             a torchvision model in milliseconds with no memory: enough for shapes and
             receptive fields (``erf-rf`` uses it).
@@ -81,12 +115,15 @@ def load_model(spec: str, *, weights: str | None = None, device: str | torch.dev
     if path.is_dir():
         raise IsADirectoryError(f"model {spec!r} is a folder; expected a checkpoint file (e.g. {path / 'best.pt'}), "
                                 "a torchvision model name or module.path:function")
-    if path.is_file():
-        if weights is not None:
-            raise ValueError(f"--weights does not apply to checkpoint {spec!r}: it holds its own weights")
-        lm = _from_checkpoint(path)
+    loader = next((fn for _, claims, fn in _LOADERS if claims(spec)), None)
+    if loader is not None:
+        lm = loader(spec, weights)
+        lm.model.eval()
     elif _BUILDER.match(spec):
         lm = _from_builder(spec, weights)
+    elif Path(spec).is_file():
+        raise ValueError(f"{spec!r} is a file, but no loader for model files is registered; `import parsenet` "
+                         f"registers the one for erf-train checkpoints (the erf-* commands do)")
     elif os.sep in spec or spec.endswith((".pt", ".pth")):
         raise FileNotFoundError(f"checkpoint {spec!r} does not exist")
     else:
@@ -117,10 +154,16 @@ def _from_torchvision(name: str, weights: str | None, device: str | torch.device
     meta: dict[str, Any] = {"source": "torchvision"}
     mean, std, size = IMAGENET_MEAN, IMAGENET_STD, _crop_size(default) or 224
     if weights is None:
-        with torch.random.fork_rng(devices=[]), torch.device(device or "cpu"):
-            torch.manual_seed(_SEED)
-            model = get_model(name, weights=None)
+        try:
+            with torch.random.fork_rng(devices=[]), torch.device(device or "cpu"):
+                torch.manual_seed(_SEED)
+                model = get_model(name, weights=None)
+        except NotImplementedError:  # an init that reads tensor data cannot run on meta: build for real on the CPU
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(_SEED)
+                model = get_model(name, weights=None)
         meta["weights"] = None
+        size = getattr(model, "image_size", size)  # a ViT built without weights takes its own size (vit_h_14: 224)
     elif Path(weights).is_file():
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(_SEED)
@@ -195,7 +238,7 @@ def _load_state_dict(model: nn.Module, path: Path, name: str) -> None:
     model.load_state_dict(sd)
 
 
-# --------------------------------------------------------------------------- builders and checkpoints
+# --------------------------------------------------------------------------- builders
 
 
 def _from_builder(spec: str, weights: str | None) -> LoadedModel:
@@ -227,15 +270,39 @@ def _from_builder(spec: str, weights: str | None) -> LoadedModel:
     return lm
 
 
-def _from_checkpoint(path: Path) -> LoadedModel:
+# --------------------------------------------------------------------------- timm
+
+
+def _from_timm(spec: str, weights: str | None) -> LoadedModel:
+    """``timm:NAME``: random init (seeded) by default, a local state dict, or ``"pretrained"`` (downloads)."""
     try:
-        from parsenet.checkpoint import load_model_from_checkpoint
-    except ImportError as exc:
-        raise ValueError(f"{str(path)!r} looks like a checkpoint, but checkpoint support (parsenet.checkpoint) "
-                         f"cannot be imported: {exc}") from None
-    model, info = load_model_from_checkpoint(path)  # raises ValueError saying what a foreign file looks like
-    mean = tuple(info.get("mean") or IMAGENET_MEAN)
-    std = tuple(info.get("std") or IMAGENET_STD)
-    size = info.get("input_size")
-    size = (int(size), int(size)) if isinstance(size, int) else (tuple(size) if size else None)
-    return LoadedModel(model.eval(), f"parsenet:{path}", mean, std, size, dict(info))
+        import timm
+    except ImportError:
+        raise ValueError(f"model {spec!r} needs timm, which is not installed; "
+                         f"pip install 'erf-toolkit[timm]' (or pip install timm)") from None
+    name = spec[len("timm:"):]
+    names = timm.list_models()
+    if name not in names:
+        raise ValueError(f"unknown timm model {name!r}{did_you_mean(name, names)}; expected a name from "
+                         f"timm.list_models(), e.g. timm:vit_tiny_patch16_224")
+    pretrained = weights == "pretrained"
+    if weights is not None and not pretrained and not Path(weights).is_file():
+        raise FileNotFoundError(f"weights file {weights!r} does not exist; for timm models pass a local "
+                                f"state-dict file or 'pretrained' (timm's download, needs the internet)")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_SEED)
+        try:
+            model = timm.create_model(name, pretrained=pretrained)
+        except OSError as exc:  # no network, no cached file
+            raise OSError(f"cannot fetch timm's pretrained weights for {name} ({' '.join(str(exc).split())[:200]}); "
+                          f"pass a local state-dict file as weights") from None
+    if weights is not None and not pretrained:
+        _load_state_dict(model, Path(weights), spec)
+    cfg = model.pretrained_cfg or {}
+    size = tuple(int(s) for s in cfg.get("input_size", (3, 224, 224))[-2:])
+    meta = {"source": "timm", "weights": weights, "timm_name": name}
+    return LoadedModel(model.eval(), spec, tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD)),
+                       size, meta)
+
+
+register_model_loader("timm:", _from_timm, name="timm")

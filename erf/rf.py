@@ -42,6 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from erf._fx import BINARY_FUNCTIONS, BINARY_METHODS, POINTWISE_FUNCTIONS, POINTWISE_METHODS, POINTWISE_MODULES, \
+    call_node, fetch_attr
 from erf.util import unknown_name
 
 __all__ = [
@@ -165,8 +167,14 @@ class LayerRF:
         is_global: every unit sees the whole input (global pooling, flatten + Linear, tiling).
         input_size: the (H, W) the model was analysed at.
         exact: the box is the exact bounding box of each unit's input support; False only
-            after a resampling layer whose per-unit support is not an affine grid (see
-            :func:`sampled_axis`), where the box is the tightest one containing it.
+            after a resampling layer or windowed attention whose per-unit support is not an
+            affine grid (see :func:`sampled_axis`), where the box is the smallest symmetric
+            one containing it.
+        global_from: for global layers, the first op that made every unit see every pixel
+            (``"scaled_dot_product_attention at 'blocks.0.attn'"``, ``"AdaptiveAvgPool2d at 'avgpool'"``).
+        layout: how the layer's tensor holds the (h, w) grid of units: ``"NCHW"``, ``"NHWC"``
+            (ConvNeXt and Swin blocks) or ``"tokens+K"`` ((B, K + h*w, D) with K leading class,
+            distillation or register tokens; ViT). :func:`erf.graph.truncate` gives (B, C, h, w).
 
     Example:
         >>> r = receptive_field(torchvision.models.vgg16(), "features.30", 224)
@@ -182,6 +190,8 @@ class LayerRF:
     is_global: bool
     input_size: tuple[int, int]
     exact: bool = True
+    global_from: str = ""
+    layout: str = "NCHW"
 
     def _check_unit(self, y: int, x: int) -> None:
         h, w = self.size
@@ -224,11 +234,17 @@ class LayerRF:
 
 @dataclass(frozen=True)
 class _Map:
-    """A (B, C, h, w) tensor whose units lie on an affine grid of the input."""
+    """A (B, C, h, w) tensor whose units lie on an affine grid of the input.
+
+    ``unproven`` names the op after which the TRF is only a lower bound (an op that mixes
+    tokens in a way the arithmetic cannot follow); such layers are not reported, but a
+    later op that makes every unit see every pixel still proves a global TRF.
+    """
 
     h: AxisRF
     w: AxisRF
     exact: bool = True
+    unproven: str = ""
 
 
 @dataclass(frozen=True)
@@ -261,6 +277,7 @@ class _Ctx(NamedTuple):
     kwstates: dict
     value: Any
     extent: tuple[int, int]
+    call: Callable[[tuple, dict], Any]  # re-runs the node's op on other arguments (to replay layouts)
 
 
 def _unsupported(ctx: _Ctx, why: str = "") -> ValueError:
@@ -291,7 +308,7 @@ def _deps(ctx: _Ctx) -> list[tuple[Any, Any]]:
         elif isinstance(state, dict):
             for k in state:
                 walk(state[k], value[k])
-        elif state is not None:
+        elif state is _GLOBAL or isinstance(state, (_Map, _Flat, _Laid)):  # not a slice's fields
             out.append((state, value))
 
     walk(ctx.states, ctx.args)
@@ -314,7 +331,7 @@ def _per_axis(state: _Map, fn: Callable[[AxisRF, int], tuple[AxisRF, bool] | Axi
     """Apply ``fn(axis_rf, axis_index)`` to H and W; ``fn`` may also return ``(AxisRF, exact)``."""
     results = [fn(a, i) for i, a in enumerate((state.h, state.w))]
     results = [(r, True) if isinstance(r, AxisRF) else r for r in results]
-    return _Map(results[0][0], results[1][0], state.exact and results[0][1] and results[1][1])
+    return _Map(results[0][0], results[1][0], state.exact and results[0][1] and results[1][1], state.unproven)
 
 
 # --------------------------------------------------------------------------- rules
@@ -324,6 +341,8 @@ def _union(ctx: _Ctx) -> Any:
     """Element-wise ops and concatenation over channels: union of the inputs' TRFs."""
     deps = _deps(ctx)
     states = [s for s, _ in deps]
+    if any(isinstance(s, _Laid) for s in states):
+        return _union_laid(ctx, deps)
     if any(s is _GLOBAL for s in states):
         return _GLOBAL
     if all(isinstance(s, _Flat) for s in states):
@@ -332,23 +351,33 @@ def _union(ctx: _Ctx) -> Any:
             if (s.size, s.h, s.w) != (first.size, first.h, first.w):
                 raise _unsupported(ctx, "combines flattened maps of different layers")
         return _Flat(first.h, first.w, first.size, all(s.exact for s in states))
-    if not all(isinstance(s, _Map) for s in states):
+    if not all(isinstance(s, (_Map, _Laid)) for s in states):
         raise _unsupported(ctx, "combines a flattened map with a spatial one")
+    if any(isinstance(s, _Laid) for s in states):
+        return _union_laid(ctx, deps)
     out_hw = _spatial(ctx.value) if isinstance(ctx.value, torch.Tensor) and ctx.value.dim() == 4 else None
     for _, v in deps:
         if out_hw is not None and _spatial(v) != out_hw:
             raise _unsupported(ctx, f"broadcasts a {_spatial(v)[0]}x{_spatial(v)[1]} map to "
                                     f"{out_hw[0]}x{out_hw[1]}; tile it with expand first")
-    h, w, exact = states[0].h, states[0].w, states[0].exact
-    for s in states[1:]:
-        uh, uw = union_axis(h, s.h), union_axis(w, s.w)
+    return _union_grids(ctx, states)
+
+
+def _union_grids(ctx: _Ctx, grids: list) -> Any:
+    """Union of the TRFs of branches on the same grid of units (``_GLOBAL`` if any branch is global)."""
+    if any(g is _GLOBAL for g in grids):
+        return _GLOBAL
+    h, w, exact = grids[0].h, grids[0].w, grids[0].exact
+    unproven = next((g.unproven for g in grids if g.unproven), "")
+    for g in grids[1:]:
+        uh, uw = union_axis(h, g.h), union_axis(w, g.w)
         if uh is None or uw is None:
             raise ValueError(
                 f"branches meeting at {ctx.name!r} ({ctx.desc}) are on different grids: "
-                f"centre of unit (0, 0) {(h.start, w.start)} vs {(s.h.start, s.w.start)}, "
-                f"jump {(h.jump, w.jump)} vs {(s.h.jump, s.w.jump)}; their union is not one receptive field per unit")
-        h, w, exact = uh, uw, exact and s.exact
-    return _Map(h, w, exact)
+                f"centre of unit (0, 0) {(h.start, w.start)} vs {(g.h.start, g.w.start)}, "
+                f"jump {(h.jump, w.jump)} vs {(g.h.jump, g.w.jump)}; their union is not one receptive field per unit")
+        h, w, exact = uh, uw, exact and g.exact
+    return _Map(h, w, exact, unproven)
 
 
 def _channel_dim(ctx: _Ctx, dim: int) -> Any:
@@ -356,6 +385,8 @@ def _channel_dim(ctx: _Ctx, dim: int) -> Any:
     state, v = _main(ctx)
     if state is _GLOBAL:
         return _GLOBAL
+    if isinstance(state, _Laid):
+        return _along(ctx, [dim])
     if isinstance(state, _Map) and dim % v.dim() in (0, 1):
         return _union(ctx)
     if isinstance(state, _Flat) and dim % v.dim() == 1:
@@ -481,6 +512,8 @@ def _pad(ctx: _Ctx, pad: Sequence[int], mode: str) -> Any:
     state, v = _main(ctx)
     if state is _GLOBAL:
         return _GLOBAL
+    if isinstance(state, _Laid) and mode == "constant":  # padding tokens or channels last: the pads are no unit
+        return _settle(state.grid, state.size, F.pad(state.pos, tuple(pad), value=-1))
     if not isinstance(state, _Map) or v.dim() != 4:
         raise _unsupported(ctx, f"expected a (B, C, h, w) map, got shape {tuple(v.shape)}")
     pad = list(pad) + [0] * (4 - len(pad))
@@ -501,9 +534,13 @@ def _getitem(ctx: _Ctx) -> Any:
     v = ctx.args[0]
     if state is _GLOBAL:
         return _GLOBAL
+    if isinstance(state, _Laid):
+        return _layout(ctx)
     idx = idx if isinstance(idx, tuple) else (idx,)
-    if any(i is None or isinstance(i, torch.Tensor) for i in idx) or idx.count(Ellipsis) > 1:
+    if any(isinstance(i, torch.Tensor) for i in idx) or idx.count(Ellipsis) > 1:
         raise _unsupported(ctx, f"indexing with {idx!r}")
+    if any(i is None for i in idx):
+        return _layout(ctx)
     if Ellipsis in idx:
         e = idx.index(Ellipsis)
         idx = idx[:e] + (slice(None),) * (v.dim() - len(idx) + 1) + idx[e + 1:]
@@ -513,12 +550,10 @@ def _getitem(ctx: _Ctx) -> Any:
         if all(full[1:]):
             return state
         raise _unsupported(ctx, "indexing a flattened map")
-    if v.dim() != 4 or not all(isinstance(i, slice) for i in idx[:2]):
-        raise _unsupported(ctx, f"indexing a {tuple(v.shape)} tensor with {idx!r}; only slices keep (B, C, h, w)")
+    if v.dim() != 4 or not all(isinstance(i, slice) for i in idx):
+        return _layout(ctx)  # an integer index drops an axis: follow the positions
     crops = []
     for i, n in zip(idx[2:], _spatial(v)):
-        if not isinstance(i, slice):
-            raise _unsupported(ctx, f"indexing a spatial axis with {i!r}")
         crops.append(i.indices(n)[::2])  # (first, step)
     # a crop is a 1x1 window with stride `step` and offset `first`
     return _per_axis(state, lambda a, k: conv_axis(a, 1, crops[k][1], -crops[k][0], 1))
@@ -535,24 +570,24 @@ def _reshape(ctx: _Ctx) -> Any:
         return _Flat(state.h, state.w, _spatial(v), state.exact)
     if isinstance(state, _Flat) and out.dim() == 2 and out.shape[0] == v.shape[0]:
         return state
-    raise _unsupported(ctx, f"reshaping {tuple(v.shape)} to {tuple(out.shape)} moves spatial positions")
+    return _layout(ctx)  # tokens, channels last, channel groups, windows: follow the positions
 
 
 def _flatten(ctx: _Ctx, start_dim: int = 0, end_dim: int = -1) -> Any:
     state, v = _main(ctx)
     if state is _GLOBAL or isinstance(state, _Flat):
         return state
-    if v.dim() == 4 and start_dim % 4 <= 1 and end_dim % 4 == 3:
+    if isinstance(state, _Map) and v.dim() == 4 and start_dim % 4 <= 1 and end_dim % 4 == 3:
         return _Flat(state.h, state.w, _spatial(v), state.exact)
-    if v.dim() == 4 and end_dim % 4 <= 1:  # flattening batch/channels only
+    if isinstance(state, _Map) and v.dim() == 4 and end_dim % 4 <= 1:  # flattening batch/channels only
         return state
-    raise _unsupported(ctx, f"flatten({start_dim}, {end_dim}) of a {tuple(v.shape)} map")
+    return _layout(ctx)
 
 
 def _linear(ctx: _Ctx) -> Any:
     state, v = _main(ctx)
-    if isinstance(state, _Map):
-        raise _unsupported(ctx, f"a Linear layer on a {tuple(v.shape)} map mixes positions along the width")
+    if isinstance(state, (_Map, _Laid)):
+        return _along(ctx, [-1])  # per unit over channels; over a spatial or token axis it mixes units
     return _reduce_all(ctx, state)
 
 
@@ -566,6 +601,8 @@ def _reduction(ctx: _Ctx) -> Any:
         dims = {d % v.dim() for d in (dim if isinstance(dim, (tuple, list)) else (dim,))}
     if state is _GLOBAL:
         return _GLOBAL
+    if isinstance(state, _Laid):
+        return _along(ctx, sorted(dims))
     if isinstance(state, _Flat):
         return _reduce_all(ctx, state) if 1 in dims else state
     if dims & {2, 3} == {2, 3}:
@@ -583,6 +620,8 @@ def _expand(ctx: _Ctx) -> Any:
     out = ctx.value
     if state is _GLOBAL:
         return _GLOBAL
+    if isinstance(state, _Laid):
+        return _layout(ctx)
     if not isinstance(state, _Map) or v.dim() != 4 or out.dim() != 4:
         raise _unsupported(ctx, f"tiling a {tuple(v.shape)} tensor to {tuple(out.shape)}")
     n_in, n_out = _spatial(v), _spatial(out)
@@ -600,28 +639,394 @@ def _expand(ctx: _Ctx) -> Any:
 def _split(ctx: _Ctx) -> Any:
     state, v = _main(ctx)
     dim = _arg(ctx, 2, "dim", 0)  # split(x, size, dim) and chunk(x, chunks, dim) alike
-    if state is not _GLOBAL and dim % v.dim() > 1:
-        raise _unsupported(ctx, f"splitting a {tuple(v.shape)} map along dim {dim}")
+    if isinstance(state, _Laid) or (isinstance(state, _Map) and dim % v.dim() > 1):
+        return _layout(ctx)
     return tuple(state for _ in ctx.value)
 
 
 def _cat(ctx: _Ctx) -> Any:
     dim = _arg(ctx, 1, "dim", 0)
     v = ctx.value
-    if dim % v.dim() > 1 and any(isinstance(s, _Map) for s, _ in _deps(ctx)):
-        raise _unsupported(ctx, f"concatenating along spatial dim {dim}")
+    deps = _deps(ctx)
+    if any(isinstance(s, _Laid) for s, _ in deps) or (dim % v.dim() > 1 and any(isinstance(s, _Map) for s, _ in deps)):
+        return _layout(ctx)
+    if (isinstance(ctx.states[0], (tuple, list)) and any(s is None for s in ctx.states[0])
+            and any(isinstance(s, _Map) for s, _ in deps)):
+        return _layout(ctx)  # an image-independent tensor joins the map's channels: positions say which
     return _union(ctx)
 
 
+@dataclass(frozen=True, eq=False)
+class _Laid:
+    """A map's units in any other layout: tokens (B, N, D), channels last (B, H, W, C), windows, ...
+
+    ``pos`` has the value's shape (on the CPU): ``pos[i] = y * size[1] + x`` for the unit
+    (y, x) of the ``size`` = (h, w) grid that element ``i`` belongs to, and -1 for elements
+    of no unit (class, distillation and register tokens, padding). ``grid`` is the TRF the
+    units share: a ``_Map``, or ``_GLOBAL`` once an op mixed every unit.
+    """
+
+    grid: Any
+    size: tuple[int, int]
+    pos: torch.Tensor
+
+
+def _grid_pos(size: tuple[int, int], shape: Sequence[int]) -> torch.Tensor:
+    """Positions of a (B, C, h, w) map: unit y*w + x everywhere in channel c of sample b."""
+    h, w = size
+    return torch.arange(h * w).view(1, 1, h, w).expand(*shape).contiguous()  # (B, C, h, w)
+
+
+def _laid_of(state: Any, value: Any) -> _Laid | None:
+    """``state`` of ``value`` as a :class:`_Laid` (None where it has no grid of units: a pooled global)."""
+    if isinstance(state, _Laid):
+        return state
+    if not isinstance(value, torch.Tensor):
+        return None
+    if (isinstance(state, _Map) or state is _GLOBAL) and value.dim() == 4:
+        return _Laid(state, _spatial(value), _grid_pos(_spatial(value), value.shape))
+    if isinstance(state, _Flat) and value.dim() == 2:
+        h, w = state.size
+        pos = torch.arange(h * w).repeat(value.shape[1] // (h * w)).expand(*value.shape).contiguous()  # (B, C*h*w)
+        return _Laid(_Map(state.h, state.w, state.exact), state.size, pos)
+    return None
+
+
+def _settle(grid: Any, size: tuple[int, int], pos: torch.Tensor) -> Any:
+    """Back to the usual states where possible: a (B, C, h, w) layout is a plain map again."""
+    if not bool((pos >= 0).any()):  # only class tokens and the like: no unit of the grid left
+        return _GLOBAL if grid is _GLOBAL else None
+    if pos.dim() == 4 and tuple(pos.shape[-2:]) == size and torch.equal(pos, _grid_pos(size, pos.shape)):
+        return grid
+    return _Laid(grid, size, pos)
+
+
+def _common_grid(ctx: _Ctx, laids: list[_Laid]) -> tuple[tuple[int, int], list]:
+    sizes = {l.size for l in laids}
+    if len(sizes) > 1:
+        raise _unsupported(ctx, f"combines tokens of grids of different sizes {sorted(sizes)}")
+    return laids[0].size, [l.grid for l in laids]
+
+
+def _layout(ctx: _Ctx) -> Any:
+    """Ops that only move elements (permute, transpose, view, reshape, flatten, unflatten, cat, split,
+    roll, indexing): the op is replayed on the element positions, so the spatial axes are followed
+    wherever they go, and a layout that is (B, C, h, w) again is a plain map."""
+    deps = _deps(ctx)
+    laids = [_laid_of(st, v) for st, v in deps]
+    if any(l is None for l in laids):
+        if all(st is _GLOBAL for st, _ in deps):
+            return _GLOBAL
+        raise _unsupported(ctx, "it moves elements of a tensor whose units are not on a grid")
+    size, grids = _common_grid(ctx, laids)
+    if len({id(g) for g in grids}) > 1 and len(set(map(repr, grids))) > 1:
+        raise _unsupported(ctx, "it puts units with different receptive fields into one tensor")
+    pos_of = {id(v): l.pos for (_, v), l in zip(deps, laids)}
+
+    def sub(value: Any, state: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            if state is None:
+                return torch.full(value.shape, -1, dtype=torch.long)  # an image-independent tensor (class token)
+            return pos_of[id(value)]
+        if isinstance(value, (tuple, list)) and isinstance(state, (tuple, list)):
+            return type(value)(sub(v, st) for v, st in zip(value, state))
+        return value
+
+    args = tuple(sub(a, st) for a, st in zip(ctx.args, ctx.states))
+    kwargs = {k: sub(v, ctx.kwstates.get(k)) for k, v in ctx.kwargs.items()}
+    out = ctx.call(args, kwargs)
+    if isinstance(out, (tuple, list)):
+        return tuple(_settle(grids[0], size, o) for o in out)
+    return _settle(grids[0], size, out)
+
+
+def _union_laid(ctx: _Ctx, deps: list) -> Any:
+    """Element-wise ops on tokens: every element keeps its unit, the TRFs of the operands unite."""
+    seen_all = any(st is _GLOBAL for st, _ in deps)  # e.g. a squeeze-excitation scale: makes the result global
+    laids = [_laid_of(st, v) for st, v in deps if st is not _GLOBAL]
+    if any(l is None for l in laids):
+        raise _unsupported(ctx, "it combines tokens with a tensor whose units are not on a grid")
+    size, grids = _common_grid(ctx, laids)
+    grids += [_GLOBAL] if seen_all else []
+    shape = ctx.value.shape
+    pos = torch.full(shape, -1, dtype=torch.long)
+    for l in laids:
+        p = l.pos.expand(shape)
+        clash = (p >= 0) & (pos >= 0) & (p != pos)
+        if bool(clash.any()):
+            raise _unsupported(ctx, "it combines elements of different units of the grid")
+        pos = torch.maximum(pos, p)
+    return _settle(_union_grids(ctx, grids), size, pos)
+
+
+def _unit_sets(pos: torch.Tensor, dims: Sequence[int], n: int) -> torch.Tensor:
+    """(S, n) bool: the units each slice of ``pos`` along ``dims`` holds, one row per index of the other dims."""
+    dims = [d % pos.dim() for d in dims]
+    rest = [d for d in range(pos.dim()) if d not in dims]
+    p = pos.permute(*rest, *dims).reshape(-1, math.prod(pos.shape[d] for d in dims))  # (S, mixed)
+    hits = torch.zeros(p.shape[0], n + 1, dtype=torch.bool)
+    hits.scatter_(1, p + 1, True)  # column 0 collects the -1s
+    return hits[:, 1:]
+
+
+def _mixed(ctx: _Ctx, grid: Any, size: tuple[int, int], sets: torch.Tensor, own: torch.Tensor,
+           reads: torch.Tensor | None = None) -> Any:
+    """An op whose every output element reads whole slices of tokens (attention, a Linear over tokens).
+
+    ``sets`` (S, h*w) says which units each slice mixes; ``own`` the positions of the output
+    elements. If every slice holds every unit, the TRF is global. Otherwise (windows) each
+    unit's TRF is the union of the TRFs of the units it shares a slice with: per axis, the
+    rows (columns) those units occupy, fitted with :func:`sampled_axis` (exact only when
+    every unit's sources form a full rectangle of rows x columns). ``reads`` (h*w, h*w), when
+    given, says exactly which units each unit reads (attention under a mask).
+    """
+    h, w = size
+    if reads is None:
+        if grid is _GLOBAL or bool(sets.all(dim=1).all()):
+            return _settle(_GLOBAL, size, own)
+        reads = (sets.T.float() @ sets.float()) > 0  # (h*w, h*w): units that share a slice
+    elif grid is _GLOBAL or bool(reads.all()):
+        return _settle(_GLOBAL, size, own)
+    shared = reads.view(h, w, h, w)
+    exact = grid.exact
+    rows, cols = [], []
+    for y in range(h):
+        r = shared[y].any(dim=2).any(dim=0)  # (h,) source rows of any unit in row y
+        rows.append(torch.nonzero(r).flatten().tolist())
+    for x in range(w):
+        c = shared[:, x].any(dim=1).any(dim=0)  # (w,) source columns of any unit in column x
+        cols.append(torch.nonzero(c).flatten().tolist())
+    # exact only if unit (y, x) reads exactly rows[y] x cols[x]
+    box = torch.zeros(h, w, h, w, dtype=torch.bool)
+    for y in range(h):
+        for x in range(w):
+            box[y, x][torch.tensor(rows[y])[:, None], torch.tensor(cols[x])[None, :]] = True
+    exact = exact and torch.equal(box, shared)
+    (gh, eh), (gw, ew) = (sampled_axis(grid.h, rows, 1.0, ctx.extent[0]),
+                          sampled_axis(grid.w, cols, 1.0, ctx.extent[1]))
+    return _settle(_Map(gh, gw, exact and eh and ew, grid.unproven), size, own)
+
+
+def _along(ctx: _Ctx, dims: Sequence[int]) -> Any:
+    """Ops that mix ``dims`` (Linear and LayerNorm: the last; softmax, mean: any): per unit where those
+    dims hold channels only; over a token axis they mix tokens; merged neighbours (patch merging) regrid."""
+    state, v = _main(ctx)
+    laid = _laid_of(state, v)
+    if laid is None:
+        return _GLOBAL if state is _GLOBAL else _reduce_all(ctx, state)
+    out = ctx.value
+    dims = sorted({d % v.dim() for d in dims})
+    first = laid.pos
+    for d in dims:
+        first = first.narrow(d, 0, 1)
+    if torch.equal(first.expand(v.shape), laid.pos):  # those dims are channels: per unit
+        own = first if out.dim() == v.dim() else first.reshape(out.shape[:0] + tuple(
+            n for d, n in enumerate(first.shape) if d not in dims))
+        return _settle(laid.grid, laid.size, own.expand(out.shape))
+    n = laid.size[0] * laid.size[1]
+    sets = _unit_sets(laid.pos, dims, n)  # (S, n)
+    merged = _merged_blocks(ctx, laid, sets, first, out) if out.dim() == v.dim() else None
+    if merged is not None and _layout_name(merged) is not None:
+        return merged
+    if out.shape == v.shape:  # mixing along a token axis that stays: e.g. a Linear over tokens
+        return _mixed(ctx, laid.grid, laid.size, sets, laid.pos)
+    if bool(sets.all(dim=1).all()) or laid.grid is _GLOBAL:  # pooled over every unit
+        return _GLOBAL
+    raise _unsupported(ctx, f"it mixes positions along dims {dims} of a {tuple(v.shape)} tensor")
+
+
+def _merged_blocks(ctx: _Ctx, laid: _Laid, sets: torch.Tensor, first: torch.Tensor, out: torch.Tensor) -> Any:
+    """Patch merging (Swin): the mixed dims hold a ky x kx block of units, the blocks tile the grid
+    with strides (sy, sx); the blocks are the units of a new, coarser grid. None if not that pattern."""
+    h, w = laid.size
+    counts = sets.sum(dim=1)
+    if not bool((counts > 1).all()) or laid.grid is _GLOBAL:
+        return None
+    units = sets.view(-1, h, w)
+    ys, xs = units.any(dim=2), units.any(dim=1)  # (S, h), (S, w)
+    y0, x0 = ys.float().argmax(dim=1), xs.float().argmax(dim=1)
+    ky, kx = ys.sum(dim=1), xs.sum(dim=1)
+    if len(set(ky.tolist())) != 1 or len(set(kx.tolist())) != 1 or not bool((counts == ky * kx).all()):
+        return None
+    ky, kx = int(ky[0]), int(kx[0])
+    ty, tx = sorted(set(y0.tolist())), sorted(set(x0.tolist()))
+    sy = ty[1] - ty[0] if len(ty) > 1 else ky
+    sx = tx[1] - tx[0] if len(tx) > 1 else kx
+    if ty != list(range(ty[0], ty[0] + sy * len(ty), sy)) or tx != list(range(tx[0], tx[0] + sx * len(tx), sx)):
+        return None
+    grid = _per_axis(laid.grid, lambda a, i: conv_axis(a, (ky, kx)[i], (sy, sx)[i], -(ty[0], tx[0])[i], 1))
+    new = (len(ty), len(tx))
+    slice_unit = (y0 - ty[0]) // sy * new[1] + (x0 - tx[0]) // sx  # (S,): new unit of each slice
+    own = slice_unit.view(first.shape)
+    return _settle(grid, new, own.expand(out.shape))
+
+
+def _attention(ctx: _Ctx, query: Any, key: Any, value: Any, qs: Any, ks: Any, vs: Any, token_dim: int) -> Any:
+    """Attention: each query token reads every key/value token of its slice (sequence, window)."""
+    laids = {n: _laid_of(st, t) for n, st, t in (("q", qs, query), ("k", ks, key), ("v", vs, value)) if st is not None}
+    if any(l is None for l in laids.values()):
+        return _GLOBAL
+    size, grids = _common_grid(ctx, list(laids.values()))
+    grid = _union_grids(ctx, grids)
+    out = ctx.value[0] if isinstance(ctx.value, (tuple, list)) else ctx.value
+    n = size[0] * size[1]
+    sets = None
+    for name in ("k", "v"):
+        if name in laids:
+            s_ = _unit_sets(laids[name].pos, [token_dim, -1], n)
+            sets = s_ if sets is None else sets | s_
+    if "q" in laids:
+        q = laids["q"].pos
+        if not torch.equal(q.narrow(-1, 0, 1).expand(q.shape), q):
+            raise _unsupported(ctx, f"its first operand {tuple(q.shape)} mixes positions along its last dim")
+        own = q.narrow(-1, 0, 1).expand(out.shape)
+    else:
+        own = torch.full(out.shape, -1, dtype=torch.long)  # learned queries: no unit of their own
+    if sets is None:
+        return _settle(grid, size, own)
+    return _mixed(ctx, grid, size, sets, own)
+
+
+def _matmul(ctx: _Ctx) -> Any:
+    """``a @ b``: with one image operand a Linear over its last dim (or rows); with two (attention scores,
+    scores @ values) each row of ``a`` reads every token of ``b``'s slice."""
+    deps = _deps(ctx)
+    a, b = ctx.args[0], ctx.args[1]
+    if len(deps) == 1:
+        return _along(ctx, [-1] if deps[0][1] is a else [-2])
+    sa, sb = ctx.states[0], ctx.states[1]
+    return _attention(ctx, a, b, None, sa, sb, None, -2)
+
+
+def _einsum(ctx: _Ctx) -> Any:
+    """``einsum`` of one or two operands: each output element reads its first image operand at its own
+    indices (that operand must hold channels along the summed letters) and, with a second image operand
+    (attention in MaxViT), every token of that operand's slice."""
+    eq, ops = ctx.args[0], ctx.args[1:]
+    ops = tuple(ops[0]) if len(ops) == 1 and isinstance(ops[0], (tuple, list)) else ops
+    states = ctx.states[1:]
+    states = tuple(states[0]) if len(states) == 1 and isinstance(states[0], (tuple, list)) else states
+    if "->" not in eq or "." in eq:
+        raise _unsupported(ctx, f"einsum {eq!r}: only explicit equations without '...'")
+    ins, lo = eq.replace(" ", "").split("->")
+    letters = ins.split(",")
+    image = [(l, _laid_of(st, t), st) for l, t, st in zip(letters, ops, states) if st is not None]
+    if any(laid is None for _, laid, _ in image):
+        if all(st is _GLOBAL for _, _, st in image):
+            return _GLOBAL
+        raise _unsupported(ctx, "einsum of a tensor whose units are not on a grid")
+    size, grids = _common_grid(ctx, [laid for _, laid, _ in image])
+    grid = _union_grids(ctx, grids)
+    la, a = image[0][0], image[0][1].pos
+    summed = [i for i, c in enumerate(la) if c not in lo]
+    first = a
+    for d in summed:
+        first = first.narrow(d, 0, 1)
+    if not torch.equal(first.expand(a.shape), a):
+        sets = _unit_sets(a, summed, size[0] * size[1])
+        if grid is _GLOBAL or bool(sets.all(dim=1).all()):
+            return _GLOBAL
+        raise _unsupported(ctx, f"einsum {eq!r} sums positions of its first operand")
+    kept = [c for c in la if c in lo]
+    own = first.squeeze(summed) if summed else first  # letters ``kept``, in la's order
+    own = own.permute(*sorted(range(len(kept)), key=lambda i: lo.index(kept[i])))
+    for i, c in enumerate(lo):
+        if c not in kept:
+            own = own.unsqueeze(i)
+    own = own.expand(ctx.value.shape)
+    if len(image) == 1:
+        return _settle(grid, size, own)
+    lb, b = image[1][0], image[1][1].pos
+    mixed = [i for i, c in enumerate(lb) if not (c in la and c in lo)]
+    return _mixed(ctx, grid, size, _unit_sets(b, mixed, size[0] * size[1]), own)
+
+
+def _sdpa(ctx: _Ctx) -> Any:
+    q, k, v = (_arg(ctx, i, n) for i, n in enumerate(("query", "key", "value")))
+    qs, ks, vs = (ctx.states[i] if len(ctx.states) > i else ctx.kwstates.get(n)
+                  for i, n in enumerate(("query", "key", "value")))
+    mask, mask_state = _arg(ctx, 3, "attn_mask"), (ctx.states[3] if len(ctx.states) > 3 else
+                                                    ctx.kwstates.get("attn_mask"))
+    if isinstance(mask, torch.Tensor) and mask_state is None and qs is not None and ks is not None:
+        masked = _masked_attention(ctx, q, k, qs, ks, vs, mask)
+        if masked is not None:
+            return masked
+    return _attention(ctx, q, k, v, qs, ks, vs, -2)
+
+
+def _masked_attention(ctx: _Ctx, q, k, qs, ks, vs, mask: torch.Tensor) -> Any:
+    """Attention under an image-independent mask (Swin's shifted windows): a query reads only the keys its
+    mask lets through: True in a boolean mask, above -100 in an additive one (Swin writes -100, so the
+    weight of a masked pair is below e**-100; the window is the one the model means)."""
+    lq, lk = _laid_of(qs, q), _laid_of(ks, k)
+    if lq is None or lk is None or (vs is not None and not torch.equal(_laid_of(vs, _arg(ctx, 2, "value")).pos,
+                                                                         lk.pos)):
+        return None
+    size, grids = _common_grid(ctx, [lq, lk])
+    qp, kp = lq.pos[..., 0], lk.pos[..., 0]  # (..., L), (..., S): each token's unit (channels constant)
+    allowed = mask > -100 if mask.is_floating_point() else mask.bool()
+    shape = torch.broadcast_shapes(qp.shape[:-1], kp.shape[:-1], allowed.shape[:-2])
+    L, S = qp.shape[-1], kp.shape[-1]
+    allowed = allowed.cpu().expand(*shape, L, S)  # (..., L, S)
+    qi = qp.expand(*shape, L)[..., :, None].expand(*shape, L, S)
+    ki = kp.expand(*shape, S)[..., None, :].expand(*shape, L, S)
+    keep = allowed & (qi >= 0) & (ki >= 0)
+    n = size[0] * size[1]
+    reads = torch.zeros(n, n, dtype=torch.bool)
+    reads[qi[keep], ki[keep]] = True
+    reads |= torch.eye(n, dtype=torch.bool) & reads.any(dim=1, keepdim=True)  # a unit that attends reads itself
+    out = ctx.value
+    own = lq.pos.narrow(-1, 0, 1).expand(out.shape)
+    return _mixed(ctx, _union_grids(ctx, grids), size, None, own, reads)
+
+
+def _mha(ctx: _Ctx, m: nn.MultiheadAttention) -> Any:
+    q, k, v = (_arg(ctx, i, n) for i, n in enumerate(("query", "key", "value")))
+    qs, ks, vs = (ctx.states[i] if len(ctx.states) > i else ctx.kwstates.get(n)
+                  for i, n in enumerate(("query", "key", "value")))
+    state = _attention(ctx, q, k, v, qs, ks, vs, 1 if m.batch_first else 0)
+    return (state, None if ctx.value[1] is None else _GLOBAL)
+
+
+def _window_sources(n: int, window: int, shift: int) -> list[list[int]]:
+    """Which units of an axis of ``n`` units each unit attends to in torchvision's shifted window attention:
+    the same window after padding to a multiple of ``window`` and rolling by ``-shift``, and, when shifted,
+    the same region of the attention mask (units that the roll brought together are masked apart)."""
+    padded = -(-n // window) * window
+    shift = 0 if window >= padded else shift
+
+    def key(u: int) -> tuple[int, int]:
+        r = (u - shift) % padded  # rolled coordinate
+        region = 0 if r < padded - window else (1 if r < padded - shift else 2)
+        return r // window, region if shift else 0
+
+    return [[u for u in range(n) if key(u) == key(o)] for o in range(n)]
+
+
+def _shifted_window_attention(ctx: _Ctx) -> Any:
+    """torchvision's Swin attention (one fx leaf): (B, H, W, C) tokens, each reading its shifted window."""
+    state, v = ctx.states[0], ctx.args[0]
+    laid = _laid_of(state, v)
+    if laid is None or laid.grid is _GLOBAL:
+        return state
+    window, shift = _arg(ctx, 4, "window_size"), _arg(ctx, 6, "shift_size")
+    B, H, W, C = v.shape
+    expected = _grid_pos(laid.size, (B, C, *laid.size)).permute(0, 2, 3, 1)
+    if (H, W) != laid.size or not torch.equal(laid.pos, expected):
+        raise _unsupported(ctx, f"expected (B, H, W, C) tokens of a {laid.size[0]}x{laid.size[1]} grid")
+    grid = laid.grid
+    sources = [_window_sources(n, window[i], shift[i]) for i, n in enumerate((H, W))]
+    if all(len(s) == n for src, n in zip(sources, (H, W)) for s in src):  # one window holds the whole map
+        return _Laid(_GLOBAL, laid.size, laid.pos)
+    axes = []
+    for i, n in enumerate((H, W)):
+        a, ok = sampled_axis((grid.h, grid.w)[i], sources[i], 1.0, ctx.extent[i])
+        axes.append((a, ok))
+    return _Laid(_Map(axes[0][0], axes[1][0], grid.exact and axes[0][1] and axes[1][1], grid.unproven),
+                 laid.size, laid.pos)
+
+
 # Modules -------------------------------------------------------------------
-
-_POINTWISE_MODULES = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
-    nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Softplus, nn.Softsign, nn.Tanhshrink,
-    nn.Threshold, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout, nn.FeatureAlphaDropout,
-    nn.modules.batchnorm._BatchNorm, nn.LocalResponseNorm, nn.Softmax2d,
-)
-
 
 def _module_rule(ctx: _Ctx, m: nn.Module) -> Any:
     if isinstance(m, nn.Conv2d):
@@ -645,42 +1050,33 @@ def _module_rule(ctx: _Ctx, m: nn.Module) -> Any:
         return _pad(ctx, m.padding, "replicate")
     if isinstance(m, nn.Flatten):
         return _flatten(ctx, m.start_dim, m.end_dim)
+    if isinstance(m, nn.Unflatten):
+        return _layout(ctx)
     if isinstance(m, nn.Linear):
         return _linear(ctx)
+    if isinstance(m, (nn.LayerNorm, nn.RMSNorm)):
+        return _along(ctx, range(-len(m.normalized_shape), 0))
+    if isinstance(m, nn.MultiheadAttention):
+        return _mha(ctx, m)
     if isinstance(m, (nn.Softmax, nn.LogSoftmax, nn.Softmin)):
         return _channel_dim(ctx, 1 if m.dim is None else m.dim)
-    if isinstance(m, _POINTWISE_MODULES):
+    if isinstance(m, POINTWISE_MODULES):
         return _union(ctx)
     raise _unsupported(ctx)
 
 
 # Functions and tensor methods ------------------------------------------------
 
-_POINTWISE_FUNCTIONS: tuple[Callable, ...] = (
-    operator.add, operator.sub, operator.mul, operator.truediv, operator.floordiv, operator.neg, operator.pos,
-    operator.pow, operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.abs,
-    torch.add, torch.sub, torch.subtract, torch.mul, torch.multiply, torch.div, torch.divide, torch.maximum,
-    torch.minimum, torch.where, torch.relu, torch.relu_, torch.sigmoid, torch.tanh, torch.abs, torch.exp,
-    torch.log, torch.sqrt, torch.rsqrt, torch.clamp, torch.clip, torch.neg, torch.pow, torch.square,
-    F.relu, F.relu_, F.relu6, F.leaky_relu, F.prelu, F.elu, F.selu, F.celu, F.gelu, F.silu, F.mish,
-    F.hardswish, F.hardsigmoid, F.hardtanh, F.softplus, F.sigmoid, F.tanh, F.threshold,
-    F.dropout, F.dropout1d, F.dropout2d, F.alpha_dropout, F.feature_alpha_dropout, F.batch_norm,
-    F.local_response_norm,
-)
-_POINTWISE_METHODS = frozenset({
-    "add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "neg", "pow", "abs", "exp", "log", "sqrt", "rsqrt",
-    "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "clamp", "clamp_", "clip", "contiguous", "clone",
-    "float", "double", "half", "bfloat16", "to", "type", "type_as", "detach", "requires_grad_", "square",
-    "__add__", "__radd__", "__mul__", "__rmul__", "__sub__", "__rsub__", "__truediv__",
-})
-
-
 def _function_rules() -> dict[Callable, Callable[[_Ctx], Any]]:
-    rules: dict[Callable, Callable[[_Ctx], Any]] = {f: _union for f in _POINTWISE_FUNCTIONS}
+    rules: dict[Callable, Callable[[_Ctx], Any]] = {f: _union for f in POINTWISE_FUNCTIONS | BINARY_FUNCTIONS}
     try:
         import torchvision.ops
 
         rules[torchvision.ops.stochastic_depth] = _union  # identity in eval, drops whole samples in training
+        from torchvision.models import swin_transformer
+
+        rules[swin_transformer.shifted_window_attention] = _shifted_window_attention  # fx leaves in torchvision
+        rules[swin_transformer._patch_merging_pad] = _layout
     except ImportError:  # pragma: no cover - torchvision is a dependency
         pass
     rules.update({
@@ -690,7 +1086,15 @@ def _function_rules() -> dict[Callable, Callable[[_Ctx], Any]]:
         torch.reshape: _reshape,
         torch.mean: _reduction, torch.sum: _reduction, torch.amax: _reduction, torch.amin: _reduction,
         torch.split: _split, torch.chunk: _split,
+        torch.permute: _layout, torch.transpose: _layout, torch.swapaxes: _layout, torch.movedim: _layout,
+        torch.roll: _layout, torch.unbind: _layout, torch.stack: _layout, torch.squeeze: _layout,
+        torch.unsqueeze: _layout, torch.narrow: _layout, torch.select: _layout,
+        F.pixel_shuffle: _layout, F.pixel_unshuffle: _layout, F.channel_shuffle: _layout,
+        torch.channel_shuffle: _layout,
         F.linear: _linear,
+        F.layer_norm: lambda c: _along(c, range(-len(_arg(c, 1, "normalized_shape")), 0)),
+        F.scaled_dot_product_attention: _sdpa,
+        operator.matmul: _matmul, torch.matmul: _matmul, torch.bmm: _matmul, torch.einsum: _einsum,
         F.softmax: lambda c: _channel_dim(c, _arg(c, 1, "dim", 1)),
         F.log_softmax: lambda c: _channel_dim(c, _arg(c, 1, "dim", 1)),
         F.normalize: lambda c: _channel_dim(c, _arg(c, 2, "dim", 1)),
@@ -714,13 +1118,17 @@ def _function_rules() -> dict[Callable, Callable[[_Ctx], Any]]:
 
 
 _FUNCTION_RULES = _function_rules()
-_METHOD_RULES: dict[str, Callable[[_Ctx], Any]] = {m: _union for m in _POINTWISE_METHODS}
+_METHOD_RULES: dict[str, Callable[[_Ctx], Any]] = {m: _union for m in POINTWISE_METHODS | BINARY_METHODS}
 _METHOD_RULES.update({
     "flatten": lambda c: _flatten(c, _arg(c, 1, "start_dim", 0), _arg(c, 2, "end_dim", -1)),
     "view": _reshape, "reshape": _reshape,
     "mean": _reduction, "sum": _reduction, "amax": _reduction, "amin": _reduction,
     "expand": _expand, "expand_as": _expand, "repeat": _expand, "broadcast_to": _expand,
     "split": _split, "chunk": _split,
+    "permute": _layout, "transpose": _layout, "swapaxes": _layout, "movedim": _layout, "unflatten": _layout,
+    "roll": _layout, "unbind": _layout, "squeeze": _layout, "unsqueeze": _layout, "narrow": _layout,
+    "select": _layout, "view_as": _layout, "reshape_as": _layout, "matmul": _matmul, "__matmul__": _matmul,
+    "bmm": _matmul,
     "softmax": lambda c: _channel_dim(c, _arg(c, 1, "dim", 1)),
     "log_softmax": lambda c: _channel_dim(c, _arg(c, 1, "dim", 1)),
     "__getitem__": _getitem,
@@ -781,11 +1189,14 @@ def _input_for(model: nn.Module, size: tuple[int, int]) -> torch.Tensor:
 
 
 def _run(model: nn.Module, gm: fx.GraphModule, names: dict[fx.Node, str], size: tuple[int, int],
-         wanted: set[fx.Node] | None) -> dict[fx.Node, Any]:
-    """Run the graph on a zero image and compute each node's state, stopping after ``wanted``."""
+         wanted: set[fx.Node] | None) -> tuple[dict[fx.Node, Any], dict[fx.Node, str]]:
+    """Run the graph on a zero image and compute each node's state, stopping after ``wanted``.
+
+    Returns the states and, for global nodes, the op that first made them global."""
     H, W = size
     values: dict[fx.Node, Any] = {}
     states: dict[fx.Node, Any] = {}
+    origins: dict[fx.Node, str] = {}
     placeholders = 0
     for node in gm.graph.nodes:
         if wanted is not None and node not in wanted:
@@ -805,21 +1216,13 @@ def _run(model: nn.Module, gm: fx.GraphModule, names: dict[fx.Node, str], size: 
             placeholders += 1
             continue
         if node.op == "get_attr":
-            obj = gm
-            for part in node.target.split("."):
-                obj = getattr(obj, part)
-            values[node], states[node] = obj, None
+            values[node], states[node] = fetch_attr(gm, node.target), None
             continue
         args = fx.node.map_arg(node.args, lambda n: values[n])
         kwargs = fx.node.map_arg(node.kwargs, lambda n: values[n])
         desc = _describe(gm, node)
         try:
-            if node.op == "call_module":
-                value = gm.get_submodule(node.target)(*args, **kwargs)
-            elif node.op == "call_function":
-                value = node.target(*args, **kwargs)
-            else:
-                value = getattr(args[0], node.target)(*args[1:], **kwargs)
+            value = call_node(gm, node, args, kwargs)
         except (RuntimeError, ValueError, IndexError) as exc:
             msg = " ".join(str(exc).split())[:300]
             if any(k in msg.lower() for k in ("too small", "output size", "non-positive", "greater than actual")):
@@ -833,9 +1236,19 @@ def _run(model: nn.Module, gm: fx.GraphModule, names: dict[fx.Node, str], size: 
         node.meta["erf_shape"] = tuple(value.shape) if isinstance(value, torch.Tensor) else None
         state_of = lambda a: states[a] if isinstance(a, fx.Node) else None  # noqa: E731 - literals: None
         ctx = _Ctx(name, desc, args, kwargs, fx.node.map_aggregate(node.args, state_of),
-                   fx.node.map_aggregate(node.kwargs, state_of), value, size)
+                   fx.node.map_aggregate(node.kwargs, state_of), value, size,
+                   lambda a, k, node=node: call_node(gm, node, a, k))
         states[node] = _node_state(gm, node, ctx)
-    return states
+        if _is_global(states[node]):
+            inherited = [origins[a] for a in node.all_input_nodes if a in origins]
+            origins[node] = inherited[0] if inherited else f"{desc} at {name!r}"
+    return states, origins
+
+
+def _is_global(state: Any) -> bool:
+    if isinstance(state, (tuple, list)):
+        return any(_is_global(s) for s in state)
+    return state is _GLOBAL or isinstance(state, _Laid) and state.grid is _GLOBAL
 
 
 def _node_state(gm: fx.GraphModule, node: fx.Node, ctx: _Ctx) -> Any:
@@ -845,7 +1258,8 @@ def _node_state(gm: fx.GraphModule, node: fx.Node, ctx: _Ctx) -> Any:
         return _getitem(ctx)
     value = ctx.value
     if not isinstance(value, torch.Tensor) and not (
-            isinstance(value, (tuple, list)) and value and all(isinstance(v, torch.Tensor) for v in value)):
+            isinstance(value, (tuple, list)) and any(isinstance(v, torch.Tensor) for v in value)
+            and all(isinstance(v, torch.Tensor) or v is None for v in value)):  # (output, None) of attention
         return None  # x.shape, x.size(2), x.dim(): metadata, not activations
     if node.op == "call_module":
         state = _module_rule(ctx, gm.get_submodule(node.target))
@@ -865,13 +1279,17 @@ def _node_state(gm: fx.GraphModule, node: fx.Node, ctx: _Ctx) -> Any:
     return state
 
 
-def _layer_rf(name: str, state: Any, value_shape: tuple[int, ...], size: tuple[int, int]) -> LayerRF:
+def _layer_rf(name: str, state: Any, value_shape: tuple[int, ...], size: tuple[int, int], origin: str = "",
+              layout: str = "NCHW") -> LayerRF:
     H, W = size
     hw = (int(value_shape[-2]), int(value_shape[-1])) if len(value_shape) == 4 else (1, 1)
+    if isinstance(state, _Laid):
+        hw, state = state.size, state.grid
     if state is _GLOBAL:
-        return LayerRF(name, hw, (float(H), float(W)), (0.0, 0.0), ((H - 1) / 2, (W - 1) / 2), True, size)
+        return LayerRF(name, hw, (float(H), float(W)), (0.0, 0.0), ((H - 1) / 2, (W - 1) / 2), True, size,
+                       global_from=origin, layout=layout)
     return LayerRF(name, hw, (float(state.h.rf), float(state.w.rf)), (float(state.h.jump), float(state.w.jump)),
-                   (float(state.h.start), float(state.w.start)), False, size, state.exact)
+                   (float(state.h.start), float(state.w.start)), False, size, state.exact, layout=layout)
 
 
 # --------------------------------------------------------------------------- public entry points
@@ -942,20 +1360,23 @@ def receptive_fields(model: nn.Module, input_size: int | tuple[int, int],
     model.eval()
     try:
         with torch.no_grad():
-            states = _run(model, gm, qualnames, size, wanted)
+            states, origins = _run(model, gm, qualnames, size, wanted)
     finally:
         model.train(was_training)
-    return _collect(gm, qualnames, states, members, by_name, layers, size)
+    return _collect(gm, qualnames, states, members, by_name, layers, size, origins)
 
 
 def _collect(gm: fx.GraphModule, qualnames: dict[fx.Node, str], states: dict[fx.Node, Any],
              members: dict[str, list[fx.Node]], by_name: dict[str, fx.Node], layers: Sequence[str] | None,
-             size: tuple[int, int]) -> dict[str, LayerRF]:
+             size: tuple[int, int], origins: dict[fx.Node, str]) -> dict[str, LayerRF]:
+    descs = {n: _describe(gm, n) for n in states if n.op not in ("placeholder", "get_attr")}
     """Turn node states into LayerRFs: the requested layers, or every map / global node plus containers."""
-    reportable = {n for n, s in states.items() if (s is _GLOBAL or isinstance(s, _Map)) and n.op != "placeholder"}
+    layouts = {n: _layout_name(s) for n, s in states.items()}
+    reportable = {n for n, s in states.items() if n.op != "placeholder" and layouts[n] is not None and not (
+        isinstance(s, _Map) and s.unproven) and not (isinstance(s, _Laid) and s.grid is not _GLOBAL and s.grid.unproven)}
 
     def rf_of(name: str, node: fx.Node) -> LayerRF:
-        return _layer_rf(name, states[node], node.meta["erf_shape"], size)
+        return _layer_rf(name, states[node], node.meta["erf_shape"], size, origins.get(node, ""), layouts[node])
 
     if layers is not None:
         out = {}
@@ -967,7 +1388,7 @@ def _collect(gm: fx.GraphModule, qualnames: dict[fx.Node, str], states: dict[fx.
                     raise ValueError(f"layer {layer!r} has no op whose output is an image map")
                 node = inside[-1]
             elif node not in reportable:
-                raise ValueError(_why_not(layer, states.get(node)))
+                raise ValueError(_why_not(layer, states.get(node), descs.get(node, "")))
             out[layer] = rf_of(layer, node)
         return out
 
@@ -986,7 +1407,33 @@ def _collect(gm: fx.GraphModule, qualnames: dict[fx.Node, str], states: dict[fx.
     return out
 
 
-def _why_not(layer: str, state: Any) -> str:
+def _layout_name(state: Any) -> str | None:
+    """How a reportable state holds its grid: NCHW, NHWC or tokens+K; None if it is no map of units."""
+    if state is _GLOBAL or isinstance(state, _Map):
+        return "NCHW"
+    if not isinstance(state, _Laid):
+        return None
+    pos, (h, w) = state.pos, state.size
+    if pos.dim() == 4 and tuple(pos.shape[1:3]) == (h, w) and torch.equal(
+            pos, _grid_pos((h, w), (pos.shape[0], pos.shape[3], h, w)).permute(0, 2, 3, 1)):
+        return "NHWC"
+    if pos.dim() == 3 and pos.shape[1] >= h * w:
+        k = pos.shape[1] - h * w
+        row = torch.cat([torch.full((k,), -1, dtype=torch.long), torch.arange(h * w)])
+        if torch.equal(pos, row.view(1, -1, 1).expand(*pos.shape)):
+            return f"tokens+{k}"
+    return None
+
+
+def _why_not(layer: str, state: Any, desc: str = "") -> str:
+    if isinstance(state, _Map) and state.unproven or isinstance(state, _Laid) and state.grid is not _GLOBAL \
+            and state.grid.unproven:
+        grid = state if isinstance(state, _Map) else state.grid
+        return (f"layer {layer!r} comes after {grid.unproven}, whose per-unit support erf.rf cannot work out; "
+                f"its TRF is not proven (layers before it are exact, and a later op that mixes all positions is global)")
+    if isinstance(state, _Laid):
+        return (f"{desc} at {layer!r} leaves the units in a layout that is neither (B, C, h, w), (B, h, w, C) "
+                f"nor tokens (B, N, D); name a layer that is")
     if isinstance(state, _Flat):
         return f"layer {layer!r} flattens a map: its units are not on a grid, so it has no per-unit TRF box"
     if state is None:

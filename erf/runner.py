@@ -39,19 +39,21 @@ from erf._probe import check_neuron as _check_neuron
 from erf._probe import fingerprint_images as _fingerprint_images
 from erf._probe import fingerprint_model as _fingerprint_model
 from erf.occlusion import ENGINES, NOISE_KINDS, PRECISIONS, _check_geometry, probe_occlusion, select_units
+from erf.replknet import format_area_ratios
 from erf.result import ERFResult
 from erf.rf import receptive_field
 from erf.util import atomic_write, check_path, format_number, parse_device, unknown_name
 
-__all__ = ["METHODS", "ProbeSettings", "run_probe", "check_probe_settings", "format_table", "provenance_difference"]
+__all__ = ["METHODS", "PROTOCOLS", "ProbeSettings", "run_probe", "check_probe_settings", "format_table", "provenance_difference"]
 
 METHODS = ("occlusion", "gradient")
+PROTOCOLS = ("luo", "replknet")  # of the gradient ERF
 PROVENANCE = "provenance.json"
 _PROVENANCE_VERSION = 1
 # Settings that change a method's numbers; engine, batch size and device do not (results agree to round-off).
 _NUMBER_SETTINGS = {
     "occlusion": ("patch", "stride", "noise", "top_k", "units", "neuron", "threshold", "seed", "precision"),
-    "gradient": ("neuron", "noise_inputs", "threshold", "seed"),
+    "gradient": ("neuron", "noise_inputs", "threshold", "seed", "protocol", "protocol_size"),
 }
 
 
@@ -69,6 +71,8 @@ class ProbeSettings:
         threshold: ERF size threshold, a fraction of the max in [0, 1).
         seed: occluder noise, N-random units, noise inputs.
         precision: ``"fp32"`` or ``"bf16"`` (occlusion).
+        protocol: gradient: ``"luo"`` (Luo et al. 2016) or ``"replknet"`` (Ding et al. 2022: ReLU'd centre,
+            positive input gradient, images resized to ``protocol_size``, area ratios; :mod:`erf.replknet`).
         engine, batch_size, device: how the passes run; they do not change the numbers. ``batch_size="auto"``:
             the largest occlusion batch that fits the device's memory (the gradient then uses 16).
     """
@@ -84,6 +88,8 @@ class ProbeSettings:
     seed: int = 0
     precision: str = "fp32"
     engine: str = "auto"
+    protocol: str = "luo"
+    protocol_size: int = 1024
     batch_size: int | str = 32
     device: str = "cpu"
 
@@ -99,7 +105,7 @@ def _check_settings(s: ProbeSettings, methods: Sequence[str], size: tuple[int, i
     for m in methods:
         if m not in METHODS:
             raise unknown_name("method", m, METHODS, show_all=True)
-    for name in ("patch", "stride", "top_k", "noise_inputs", "seed"):
+    for name in ("patch", "stride", "top_k", "noise_inputs", "seed", "protocol_size"):
         value = getattr(s, name)
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError(f"{name}={value!r}; expected an integer")
@@ -110,6 +116,10 @@ def _check_settings(s: ProbeSettings, methods: Sequence[str], size: tuple[int, i
         raise ValueError(f"threshold={s.threshold!r}; expected a fraction of the max in [0, 1)")
     if "gradient" in methods and s.noise_inputs < 0:
         raise ValueError(f"noise_inputs={s.noise_inputs}; expected an integer >= 0")
+    if s.protocol not in PROTOCOLS:
+        raise unknown_name("gradient protocol", s.protocol, PROTOCOLS, show_all=True)
+    if s.protocol_size < 1:
+        raise ValueError(f"protocol_size={s.protocol_size}; expected a side of at least 1 pixel")
     if "occlusion" in methods:
         _check_geometry(size, s.patch, s.stride)
         for name, value, valid in (("noise kind", s.noise, NOISE_KINDS), ("engine", s.engine, ENGINES),
@@ -252,6 +262,8 @@ def run_probe(
         device = torch.device("cuda", shard.local_rank)
         torch.cuda.set_device(device)
     _check_settings(settings, methods, images.size)
+    if settings.protocol == "replknet" and "gradient" in methods and shard.world > 1:
+        raise ValueError("the replknet protocol runs in one process; expected no torchrun (world size 1)")
     model = model.to(device).eval()
     checked = [_check_layer(model, layer, images, settings, device) for layer in layers]  # before any write
     if "occlusion" in methods and settings.neuron is None and not 1 <= settings.top_k <= len(images):
@@ -286,7 +298,9 @@ def run_probe(
         raise
     if not shard.main:
         return []
-    rows = [{**r.table_row(), "method": r.method, "mode": r.mode} for r in results]
+    rows = [{**r.table_row(), "method": r.method, "mode": r.mode,
+             **({"replknet": {**r.config["replknet"], "input_size": r.config.get("input_size")}}
+                if "replknet" in r.config else {})} for r in results]
     with atomic_write(out / "table.json", "w") as f:  # from the results it lists, never relabelled
         json.dump({"model": results[0].model.get("name"), "images": len(results[0].images), "rows": rows}, f,
                   indent=1)
@@ -316,7 +330,8 @@ def _probe_one(model, layer, method, target: Path, made_from, images, s: ProbeSe
             model, layer, images, position="center" if center else None, neuron=None if center else s.neuron,
             noise_inputs=s.noise_inputs, seed=s.seed, threshold=s.threshold,
             batch_size=16 if s.batch_size == "auto" else s.batch_size,
-            device=device, model_name=model_name, rank=shard.rank, world_size=shard.world)
+            device=device, model_name=model_name, rank=shard.rank, world_size=shard.world, protocol=s.protocol,
+            **({"input_size": s.protocol_size} if s.protocol == "replknet" else {}))
     if shard.main:  # only rank 0 holds the merged result
         result.save(target)
         drift = result.config.get("bf16_drift")
@@ -342,4 +357,8 @@ def format_table(rows: list[dict]) -> str:
     lines.append("sides in input pixels: TRF is the theoretical RF, ERF the side of the square of equal area to the "
                  "region above the threshold (the peak), mean ± std over units; ERF/image is that area over the image "
                  "area; 90% mass: side of the centred square holding 90% of the layer map's contribution (the reach)")
+    for r in rows:  # RepLKNet's high-contribution area ratios (Ding et al. 2022, Table 2's protocol)
+        if "replknet" in r:
+            lines += ["", f"{r['layer']}: RepLKNet area ratios at {r['replknet'].get('input_size', '?')} px",
+                      format_area_ratios(r["replknet"]["area_ratios"])]
     return "\n".join(lines)

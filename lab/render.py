@@ -301,6 +301,15 @@ def make_figures(results: Mapping[str, ERFResult], runs: Mapping[str, Path], *,
                       f"{'units' if method == 'occlusion' else 'images'})")
         figs[f"reach_{_slug(method)}"] = fig
 
+    for r in results.values():  # RepLKNet's protocol: its log-scale map and area-ratio table
+        if r.config.get("protocol") == "replknet":
+            from erf.replknet import log_scale
+            from figures.replknet import fig_replknet_erf
+
+            figs[f"replknet_{_slug(model_label(r))}_{_slug(r.layer)}"] = fig_replknet_erf(
+                log_scale(_crop_to_image(_main_map(r), r)), r.config["replknet"]["area_ratios"],
+                title=f"{model_label(r)} {r.layer}: RepLKNet ERF at {r.config['input_size']} px")
+
     if runs:
         figs.update(_run_figures(runs, segmentation_images))
     return figs

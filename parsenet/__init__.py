@@ -5,6 +5,7 @@ from parsenet.data import DatasetInfo, SegmentationDataset, build_dataset, datas
 from parsenet.layers import L2Norm, Upsample
 from parsenet.metrics import ConfusionMatrix, SegmentationMetrics, metrics_table
 from parsenet.model import ParseNet, build_model, min_input_size, parameter_groups
+from parsenet.model_loader import load_checkpoint_model  # registers our checkpoints as erf model specs
 from parsenet.presets import PRESETS, merge_options, preset
 from parsenet.pretrained import convert_vgg16_state_dict, load_vgg16_backbone
 from parsenet.trainer import TrainConfig, evaluate, evaluate_checkpoint, load_run_config, train
@@ -16,4 +17,5 @@ __all__ = [
     "ConfusionMatrix", "SegmentationMetrics", "metrics_table",
     "TrainConfig", "train", "evaluate", "evaluate_checkpoint", "load_run_config", "PRESETS", "preset", "merge_options",
     "save_checkpoint", "load_checkpoint", "load_model_from_checkpoint", "TrainedModel", "load_trained_model",
+    "load_checkpoint_model",
 ]

@@ -73,3 +73,25 @@ def test_parse_input_size(text, size):
 def test_parse_input_size_rejects(text):
     with pytest.raises(ValueError, match="malformed --input-size"):
         parse_input_size(text)
+
+
+def test_list_layers_needs_nothing_but_the_model():
+    from cli.probe import probe_command
+
+    for command, args in ((main, ["resnet18", "--list-layers"]), (probe_command, ["--list-layers", "resnet18"])):
+        result = CliRunner().invoke(command, args)
+        assert result.exit_code == 0, result.output
+        names = result.stdout.split()
+        assert "layer4" in names and "layer1.0.add" in names and names.index("conv1") < names.index("layer1.0.add")
+    result = run("resnet81", "--list-layers")
+    assert result.exit_code == 1 and "unknown model 'resnet81' (did you mean: resnet18" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_vit_table_says_where_the_trf_becomes_global():
+    pytest.importorskip("timm")
+    result = run("timm:vit_tiny_patch16_224", "--layer", "patch_embed", "--layer", "blocks.0", "--json")
+    assert result.exit_code == 0, result.output
+    layers = {layer["name"]: layer for layer in json.loads(result.stdout)["layers"]}
+    assert layers["patch_embed"]["rf"] == [16, 16] and layers["patch_embed"]["size"] == [14, 14]
+    assert layers["blocks.0"]["is_global"] and "scaled_dot_product_attention" in layers["blocks.0"]["global_from"]

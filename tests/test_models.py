@@ -1,12 +1,15 @@
 """erf.models.load_model: torchvision names, weights (local files, the weights API), builders, checkpoints."""
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 import torchvision
 from torch import nn
 
-from erf.models import IMAGENET_MEAN, LoadedModel, load_model
+import parsenet  # noqa: F401 - registers the checkpoint loader, as the erf-* commands do
+from erf.models import IMAGENET_MEAN, LoadedModel, load_model, register_model_loader
 
 
 def test_torchvision_name_random_init_is_seeded_and_in_eval_mode():
@@ -141,3 +144,70 @@ def test_meta_device_builds_without_memory():
     lm = load_model("vgg16", device="meta")
     assert lm.model.features[0].weight.is_meta and not lm.model.training
     assert not load_model("tests.test_models:tiny_net", device="meta").model[0].weight.is_cpu
+
+
+def test_erf_imports_nothing_of_ours_and_learns_checkpoints_from_parsenet(tmp_path):
+    import subprocess
+    import sys
+
+    torch.save({"x": torch.zeros(1)}, tmp_path / "f.pt")
+    code = ("import sys, erf, erf.models\n"
+            "assert not [m for m in sys.modules if m.split('.')[0] in ('parsenet', 'lab', 'cli', 'figures')]\n"
+            f"try:\n    erf.models.load_model({str(tmp_path / 'f.pt')!r})\n"
+            "except ValueError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "no loader for model files is registered; `import parsenet`" in out
+
+
+def test_registered_loader_claims_its_prefix():
+    def toy(spec, weights):
+        return LoadedModel(nn.Conv2d(3, 4, 3), spec, IMAGENET_MEAN, IMAGENET_MEAN, (32, 32), {"weights": weights})
+
+    register_model_loader("toy-test:", toy, name="toy-test")
+    try:
+        lm = load_model("toy-test:a", weights="w")
+        assert lm.name == "toy-test:a" and lm.model.out_channels == 4 and lm.meta == {"weights": "w"}
+        assert not lm.model.training
+    finally:
+        from erf import models
+        models._LOADERS[:] = [e for e in models._LOADERS if e[0] != "toy-test"]
+    with pytest.raises(ValueError, match="unknown model 'toy-test:a'"):
+        load_model("toy-test:a")
+
+
+class _Untraceable(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+        self.drop = nn.Dropout(0.5)
+
+    def forward(self, x):
+        x = self.conv1(x)
+        if x.sum() > -1e9:  # data-dependent control flow: torch.fx cannot trace this
+            x = self.drop(x)
+        return self.conv2(x)
+
+
+@pytest.mark.parametrize("factory", [_Untraceable, lambda: torchvision.models.resnet18(num_classes=4)])
+def test_a_probe_leaves_the_callers_model_as_it_was(factory):
+    from erf.gradient import probe_gradient
+    from erf.graph import truncate
+
+    torch.manual_seed(0)
+    model = factory().train()  # in training mode, on the CPU, in float32
+    x = torch.rand(1, 3, 32, 32)
+    layer = "conv1"
+    with pytest.warns(UserWarning, match="not fx-traceable") if isinstance(model, _Untraceable) else contextlib.nullcontext():
+        probe_gradient(model, layer, images=x, rf=None if not isinstance(model, _Untraceable) else _dummy_rf())
+        truncate(model, layer).to(torch.float64).eval()
+    assert model.training and all(m.training for m in model.modules())
+    assert all(p.dtype == torch.float32 and p.device.type == "cpu" for p in model.parameters())
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+    model.eval()
+    assert model(x).shape[0] == 1  # still runs: no leftover hook stops it
+
+
+def _dummy_rf():
+    from erf.rf import LayerRF
+
+    return LayerRF("conv1", (32, 32), (3.0, 3.0), (1.0, 1.0), (0.0, 0.0), False, (32, 32))

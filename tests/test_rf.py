@@ -268,17 +268,18 @@ class Op(nn.Module):
         return self.fn(self.conv(x))
 
 
-@pytest.mark.parametrize("module, match", [
-    (nn.Sequential(nn.Conv2d(3, 4, 3), nn.GroupNorm(2, 4)), r"GroupNorm at '1'"),
-    (nn.Sequential(nn.Conv2d(3, 4, 3), nn.Linear(6, 5)), r"Linear at '1'.*mixes positions"),
-    (nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, padding_mode="circular")), r"Conv2d at '0'.*circular"),
-    (Op(lambda f: f.transpose(2, 3)), r"Tensor.transpose at 'transpose'"),
-    (Op(lambda f: f.softmax(dim=2)), r"Tensor.softmax at 'softmax'.*dim 2"),
-    (Op(lambda f: torch.roll(f, 1, 2)), r"roll at 'roll'"),
+@pytest.mark.parametrize("module, match, layers", [
+    (nn.Sequential(nn.Conv2d(3, 4, 3), nn.GroupNorm(2, 4)), r"GroupNorm at '1'", None),
+    (nn.Sequential(nn.Conv2d(3, 4, 3), nn.Linear(6, 5)), r"Linear at '1'.*mixes positions", None),
+    (nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, padding_mode="circular")), r"Conv2d at '0'.*circular", None),
+    # layout ops are followed now (issue 15); a layer left in a layout that is no map is refused by name
+    (Op(lambda f: f.transpose(2, 3)), r"Tensor.transpose at 'transpose'", ["transpose"]),
+    (Op(lambda f: f.softmax(dim=2)), r"Tensor.softmax at 'softmax'.*dim 2", None),
+    (Op(lambda f: torch.roll(f, 1, 2)), r"roll at 'roll'", ["roll"]),
 ])
-def test_unsupported_ops_name_op_and_path(module, match):
+def test_unsupported_ops_name_op_and_path(module, match, layers):
     with pytest.raises(ValueError, match=match):
-        receptive_fields(module, 8)
+        receptive_fields(module, 8, layers)
 
 
 def test_input_too_small_names_the_layer():
@@ -371,7 +372,8 @@ def linearised(model: nn.Module, collapse: bool = False) -> nn.Module:
     may be on the meta device then: every module with parameters is replaced.
     """
     model = copy.deepcopy(model)
-    pointwise = (nn.ReLU, nn.ReLU6, nn.Hardswish, nn.SiLU, nn.modules.batchnorm._BatchNorm)
+    pointwise = (nn.ReLU, nn.ReLU6, nn.Hardswish, nn.SiLU, nn.GELU, nn.modules.batchnorm._BatchNorm,
+                 nn.LayerNorm)  # LayerNorm over channels only: identical upstream gradients would cancel
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, pointwise):
@@ -398,14 +400,17 @@ def linearised(model: nn.Module, collapse: bool = False) -> nn.Module:
 
 
 def gradient_boxes(model: nn.Module, layer: str, size: tuple[int, int], units: list[tuple[int, int]],
-                   collapse: bool = False):
-    """Bounding box (top, left, bottom, right) and fill of each unit's input-gradient support."""
+                   collapse: bool = False, all_channels: bool = False):
+    """Bounding box (top, left, bottom, right) and fill of each unit's input-gradient support.
+
+    The gradient starts at channel 0 of the unit, or at every channel (``all_channels``: the TRF
+    is the union over channels, which differ where an identity branch keeps some, as in ShuffleNet)."""
     body = truncate(linearised(model, collapse), layer)
     x = torch.zeros(len(units), 1 if collapse else 3, *size, dtype=torch.float64, requires_grad=True)
     out = body(x)  # (U, C, h, w): one image per unit
     seed = torch.zeros_like(out)  # d(unit i of image i) / d(out)
     for i, (y, x_) in enumerate(units):
-        seed[i, 0, y, x_] = 1.0
+        seed[i, slice(None) if all_channels else 0, y, x_] = 1.0
     out.backward(seed)
     boxes = []
     for g in x.grad.abs().sum(1):  # (H, W) per unit
@@ -484,3 +489,96 @@ def test_gradient_support_of_parsenet(context):
             assert box == fit, unit
         else:
             assert fit[0] <= box[0] and fit[1] <= box[1] and box[2] <= fit[2] and box[3] <= fit[3], unit
+
+
+# --------------------------------------------------------------------------- layouts (issue 15)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, size, layers", [
+    ("convnext_tiny", (96, 96), ["features.1", "features.3"]),  # channels-last LayerNorm / Linear blocks
+    ("shufflenet_v2_x0_5", (96, 96), ["stage2", "stage3"]),  # channel split, cat and shuffle
+    ("regnet_x_400mf", (96, 96), ["trunk_output.block2"]),  # built on the CPU: its init fails on meta
+])
+def test_gradient_support_through_layout_ops(name, size, layers):
+    model = torchvision.models.get_model(name)
+    for layer in layers:
+        r = receptive_field(model, layer, size)
+        assert r.exact and not r.is_global and r.layout == "NCHW"
+        units = corner_and_centre_units(*r.size)
+        for unit, (box, filled) in zip(units, gradient_boxes(model, layer, size, units, all_channels=True)):
+            assert box == r.box(*unit, clip=True), (name, layer, unit)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, layer, layout, global_from", [
+    ("vit_b_16", "encoder.layers.encoder_layer_0.ln", "tokens+1", ""),  # fx names module ln_1 "ln"
+    ("vit_b_16", "encoder", "tokens+1", "MultiheadAttention at 'encoder.layers.encoder_layer_0.self_attention'"),
+    ("swin_t", "features.1", "NHWC", ""),
+    ("swin_t", "avgpool", "NCHW", "shifted_window_attention at 'features.7.0.attn.shifted_window_attention'"),
+    ("maxvit_t", "blocks.0", "NCHW", None),
+    ("regnet_y_400mf", "trunk_output.block1", "NCHW", None),
+])
+def test_every_family_is_analysed_at_its_default_size(name, layer, layout, global_from):
+    """A few of the families bench/rf_all_models.py runs in full: exact or global, never a traceback."""
+    from erf.models import load_model
+
+    lm = load_model(name, device="meta")
+    rfs = receptive_fields(lm.model, lm.input_size)
+    r = rfs[layer]
+    assert r.layout == layout and (global_from is None or r.global_from == global_from)
+    assert all(x.is_global or x.rf[0] >= 1 for x in rfs.values())
+
+
+def test_layout_ops_by_hand():
+    """(B, C, H, W) -> tokens -> (B, H, W, C) -> back: the positions are followed, the TRF is the conv's."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, stride=2, padding=1)
+            self.norm = nn.LayerNorm(4)
+            self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+
+        def forward(self, x):
+            x = self.conv(x)  # (B, 4, 8, 8)
+            B, C, H, W = x.shape
+            t = self.norm(x.flatten(2).transpose(1, 2))  # (B, 64, 4) tokens, LayerNorm over channels
+            m = t.reshape(B, H, W, C)  # (B, 8, 8, 4) channels last
+            g = m.permute(0, 3, 1, 2).reshape(B, 2, 2, H, W).transpose(1, 2).reshape(B, C, H, W)  # shuffle
+            return self.conv2(g)
+
+    rfs = receptive_fields(Net(), 16, ["norm", "reshape", "conv2"])
+    assert rfs["norm"].layout == "tokens+0" and rfs["norm"].size == (8, 8) and rfs["norm"].rf == (3, 3)
+    assert rfs["reshape"].layout == "NHWC" and rfs["reshape"].jump == (2, 2)
+    assert rfs["conv2"].layout == "NCHW" and rfs["conv2"].rf == (7, 7) and rfs["conv2"].exact
+    with pytest.raises(ValueError, match=r"mixes positions"):
+        receptive_fields(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Linear(6, 5)), 8)
+
+
+def test_attention_over_windows_and_under_a_mask_by_hand():
+    """Tokens of a 4x4 grid (4-px patches) attend within 2x2 windows (a block mask): the TRF is the window."""
+
+    class Net(nn.Module):
+        def __init__(self, masked: bool):
+            super().__init__()
+            self.embed = nn.Conv2d(3, 8, 4, stride=4)
+            win = (torch.arange(4)[:, None] // 2 * 2 + torch.arange(4)[None, :] // 2).flatten()  # (16,) window id
+            self.register_buffer("mask", torch.where(win[:, None] == win[None, :], 0.0, -100.0) if masked else
+                                 torch.zeros(16, 16))
+
+        def forward(self, x):
+            t = self.embed(x).flatten(2).transpose(1, 2)  # (B, 16, 8)
+            return F.scaled_dot_product_attention(t, t, t, attn_mask=self.mask)
+
+    masked = receptive_field(Net(True), "scaled_dot_product_attention", 16)
+    assert masked.layout == "tokens+0" and not masked.is_global and masked.exact is False
+    # a unit reads its window, one patch to one side: the one symmetric box that contains every unit's
+    # window spans one patch either side, 3 patches = 12 px (not an affine grid of boxes, so exact=False)
+    assert masked.rf == (12, 12) and masked.box(0, 0, clip=True) == (0, 0, 8, 8)
+    for y, x in ((1, 1), (2, 2), (1, 2)):
+        t, l, b, r = masked.box(y, x, clip=True)
+        wy, wx = y // 2 * 8, x // 2 * 8  # the window's top-left pixel
+        assert t <= wy and l <= wx and b >= wy + 8 and r >= wx + 8
+    full = receptive_field(Net(False), "scaled_dot_product_attention", 16)
+    assert full.is_global and full.global_from.startswith("scaled_dot_product_attention")

@@ -175,3 +175,21 @@ def test_units_checked_for_every_layer_before_probing(setup):
                   "--units", "4-random", "--no-progress", "--out", out])
     assert_one_line_error(result, "4-random", "1 <= N <= 2")
     assert not list(out.glob("*/result.npz"))
+
+
+def test_replknet_protocol_through_erf_probe_prints_the_area_ratios_and_resumes_only_the_same(setup):
+    """`--method gradient --protocol replknet`: the area-ratio table is printed and stored in table.json, and a
+    finished result made at another protocol size is refused on --resume."""
+    tmp, images = setup
+    out = tmp / "rep"
+    args = ["tinynets_probe:tiny", "--layer", "3", "--images", images, "--method", "gradient",
+            "--protocol", "replknet", "--protocol-size", 32, "--out", out, "--no-progress"]
+    res = run(args)
+    assert res.exit_code == 0, res.output
+    assert "3: RepLKNet area ratios at 32 px" in res.output
+    rows = json.loads((out / "table.json").read_text())["rows"]
+    assert [r["threshold"] for r in rows[0]["replknet"]["area_ratios"]] == [0.2, 0.3, 0.5, 0.99]
+    assert ERFResult.load(out / "gradient-3").config["input_size"] == 32
+    again = run(args[:-4] + [40, "--out", out, "--resume", "--no-progress"])
+    assert again.exit_code != 0
+    assert "protocol_size" in again.output

@@ -28,9 +28,6 @@ ALLOWED = {
     "lab": {"erf", "parsenet", "figures"},
     "cli": {"erf", "parsenet", "figures", "lab"},
 }
-# Upward imports another branch is removing (issue 12: a loader registry in place of erf -> parsenet).
-# Each entry must still occur: delete it here once the import is gone.
-PENDING = {("erf/models.py", "parsenet")}
 
 FIGURES_FORBIDDEN_MODULES = {"torch", "torchvision", "pathlib", "os", "shutil", "tempfile", "io", "pickle",
                              "json", "subprocess", "PIL"}
@@ -85,10 +82,8 @@ def test_every_package_exists_and_is_walked():
 
 def test_no_upward_imports():
     found = _upward_imports()
-    bad = [f"{path}:{line} imports {top}" for path, line, top in found if (path, top) not in PENDING]
+    bad = [f"{path}:{line} imports {top}" for path, line, top in found]
     assert not bad, "upward imports:\n" + "\n".join(bad)
-    stale = PENDING - {(path, top) for path, _, top in found}
-    assert not stale, f"these upward imports are gone; remove them from PENDING: {sorted(stale)}"
 
 
 @pytest.mark.parametrize("path", _modules("figures"), ids=lambda p: p.name)

@@ -7,7 +7,6 @@ file with its save clock.
 from __future__ import annotations
 
 import contextlib
-import copy
 import hashlib
 import io
 import json
@@ -112,17 +111,10 @@ def private_body(model: nn.Module, layer: str, device: torch.device,
                  memory_format: torch.memory_format = torch.contiguous_format) -> nn.Module:
     """The probe's own copy of ``model`` cut at ``layer``, in eval mode, on ``device`` in ``memory_format``.
 
-    The cut shares its submodules with the caller's model, and cutting switches them to
-    eval mode, so every module's mode is put back and the probe runs a deep copy: moving,
-    re-laying-out or evaluating it leaves the caller's model as it was. A deep-copied fx
-    ``GraphModule`` comes back in training mode, hence the ``eval()`` after the copy.
+    :func:`erf.graph.truncate` cuts a private copy, so moving, re-laying-out or
+    evaluating it leaves the caller's model as it was.
     """
-    modes = [(m, m.training) for m in model.modules()]
-    cut = truncate(model, layer)
-    for m, training in modes:
-        m.training = training
-    body = copy.deepcopy(cut).eval()
-    return body.to(device=device, memory_format=memory_format)
+    return truncate(model, layer).eval().to(device=device, memory_format=memory_format)
 
 
 @contextlib.contextmanager

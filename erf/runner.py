@@ -53,7 +53,7 @@ _PROVENANCE_VERSION = 1
 # Settings that change a method's numbers; engine, batch size and device do not (results agree to round-off).
 _NUMBER_SETTINGS = {
     "occlusion": ("patch", "stride", "noise", "top_k", "units", "neuron", "threshold", "seed", "precision"),
-    "gradient": ("neuron", "noise_inputs", "threshold", "seed", "protocol", "protocol_size"),
+    "gradient": ("neuron", "noise_inputs", "threshold", "seed"),  # + protocol and its size for replknet
 }
 
 
@@ -98,7 +98,10 @@ class ProbeSettings:
         d = asdict(self)
         if method == "occlusion" and self.neuron is not None:  # one neuron on every image: no top-K, no units
             d["top_k"] = d["units"] = None
-        return json.loads(json.dumps({k: d[k] for k in _NUMBER_SETTINGS[method]}))
+        keys = _NUMBER_SETTINGS[method]
+        if method == "gradient" and self.protocol != "luo":  # the size means nothing to Luo's protocol
+            keys += ("protocol", "protocol_size")
+        return json.loads(json.dumps({k: d[k] for k in keys}))
 
 
 def _check_settings(s: ProbeSettings, methods: Sequence[str], size: tuple[int, int]) -> None:
@@ -169,8 +172,9 @@ def provenance_difference(saved: dict, now: dict) -> str | None:
         if saved.get(key) != now.get(key):
             what = {"model": "model weights (fingerprint)", "images": "image set (fingerprint)"}.get(key, key)
             return f"{what}: {_short(saved.get(key))} there, {_short(now.get(key))} now"
-    for key, value in now["settings"].items():
-        old = saved.get("settings", {}).get(key)
+    theirs = saved.get("settings", {})
+    for key in [*now["settings"], *(k for k in theirs if k not in now["settings"])]:  # a key on one side only too
+        old, value = theirs.get(key), now["settings"].get(key)
         if old != value:
             return f"{key}: {old!r} there, {value!r} now"
     return None

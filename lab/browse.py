@@ -38,7 +38,7 @@ from PIL import Image, ImageDraw
 
 from erf.occlusion import occluder_centers
 from erf.result import ERFResult
-from erf.stats import centered_square
+from erf.stats import FIT_R2_MIN, centered_square
 
 __all__ = ["BrowseConfig", "MEASURES", "Measure", "unit_measures", "find_results", "write_browser",
            "write_demo_browser", "DEMO_BROWSER"]
@@ -91,15 +91,16 @@ class Measure:
     help: str
 
 
-# To switch to the statistics erf.stats stores itself (issue 14), set ``stat`` to their names:
-# the browser then reads them from unit_stats instead of computing them here.
 MEASURES = (
-    Measure("side", "half-max side (px)", "side", "side of the square with the area above half the peak (Zhou et al.)"),
+    Measure("side", "half-max side (px)", "side", "side of the square with the area above half the peak (Zhou et al.): "
+                                                  "the peak"),
     Measure("erf_over_trf", "ERF/TRF", None, "half-max side over the TRF side (the printed table's ERF/TRF)"),
-    Measure("mass90", "90% mass side (px)", None, "side of the smallest centred square holding 90% of the map's total"),
-    Measure("far_share", "far-field share", None, "share of the map's total farther than a quarter of the image "
-                                                   "side from the unit"),
-    Measure("sigma", "Gaussian sigma (px)", None, "geometric mean of the fitted sigmas (see R^2)"),
+    Measure("mass90", "90% mass side (px)", None, "side of the smallest centred square holding 90% of the map's total: "
+                                                  "the reach"),
+    Measure("far_share", "far-field share", "far_share", "share of the map's total farther than a quarter of the "
+                                                         "image side from the unit"),
+    Measure("spread", "spread (px)", None, "Gaussian sigma where the fit holds (R^2 >= 0.5), else the second-moment "
+                                           "radius"),
     Measure("r2", "fit R^2", "r2", "how well the Gaussian fits"),
     Measure("activation", "top activation", None, "the unit's strongest activation over the images"),
 )
@@ -130,10 +131,16 @@ def unit_measures(result: ERFResult, *, far_fraction: float = 0.25) -> list[dict
                 row[meas.key] = stats[meas.stat]
         row.setdefault("erf_over_trf", None if stats.get("side") is None or not trf_side
                        else stats["side"] / trf_side)
+        if 0.9 in (stats.get("mass_levels") or ()):  # erf.stats' reach measures; computed here for older results
+            row["mass90"] = stats["mass_sides"][list(stats["mass_levels"]).index(0.9)]
         row.setdefault("mass90", None if total <= 0 else centered_square(m, (H, W), 0.9))
         row.setdefault("far_share", None if total <= 0 else float(m[far].sum()) / total)
-        sy, sx = stats.get("sigma_y"), stats.get("sigma_x")
-        row.setdefault("sigma", None if sy is None or sx is None else math.sqrt(sy * sx))
+        if stats.get("spread_from") in ("fit", "moment"):
+            row["spread"] = stats.get("spread")
+        else:  # older results: the fit's sigma only where the fit holds
+            sy, sx, r2 = stats.get("sigma_y"), stats.get("sigma_x"), stats.get("r2")
+            ok = None not in (sy, sx, r2) and r2 >= FIT_R2_MIN
+            row["spread"] = math.sqrt(sy * sx) if ok else None
         values = result.topk_values[u]
         finite = values[np.isfinite(values)]
         row.setdefault("activation", float(finite.max()) if finite.size else None)
@@ -403,7 +410,8 @@ def _unit_page(layer: _Layer, i: int, views: list[_View] | None, counterpart: tu
         ("area above half-max (px)", s.get("area")), ("ERF area / image", s.get("frac_image")),
         ("ERF area / clipped TRF", s.get("frac_trf")),
         *((f"{int(lv * 100)}% mass side (px)", sv) for lv, sv in zip(s.get("levels", []), s.get("square_sides", []))),
-        ("sigma y, x (px)", None if s.get("sigma_y") is None else f"{s['sigma_y']:.3g}, {s['sigma_x']:.3g}")))
+        ("Gaussian sigma y, x (px)", None if s.get("sigma_y") is None or (s.get("r2") or 0) < FIT_R2_MIN
+         else f"{s['sigma_y']:.3g}, {s['sigma_x']:.3g}")))  # a failed fit's sigma is never shown
     if views:
         caps = "".join(f"<li>#{k + 1} {html.escape(v.name)}: activation {_fmt(v.value)} at "
                        f"({v.location[0]}, {v.location[1]})</li>" for k, v in enumerate(views))

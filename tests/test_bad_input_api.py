@@ -119,6 +119,18 @@ def test_probe_settings_identity_keeps_only_what_changes_the_numbers():
     assert s.identity("occlusion") == {"patch": 11, "stride": 3, "noise": "uniform", "top_k": None, "units": None,
                                        "neuron": [0, "center"], "threshold": 0.5, "seed": 0, "precision": "fp32"}
     assert s.identity("gradient") == {"neuron": [0, "center"], "noise_inputs": 0, "threshold": 0.5, "seed": 0}
+    rep = ProbeSettings(protocol="replknet", protocol_size=512)
+    assert rep.identity("gradient") == {"neuron": None, "noise_inputs": 0, "threshold": 0.5, "seed": 0,
+                                        "protocol": "replknet", "protocol_size": 512}
+
+
+def test_provenance_difference_sees_a_setting_on_one_side_only():
+    """A replknet result asked for again with Luo's protocol differs in a key only the saved record has."""
+    saved = {"method": "gradient", "layer": "3", "model": "m", "images": "i",
+             "settings": ProbeSettings(protocol="replknet").identity("gradient")}
+    now = {**saved, "settings": ProbeSettings().identity("gradient")}
+    assert provenance_difference(saved, now) == "protocol: 'replknet' there, None now"
+    assert provenance_difference(saved, saved) is None
 
 
 @pytest.mark.parametrize("settings, n, message", [

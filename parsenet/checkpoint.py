@@ -251,9 +251,11 @@ def load_trained_model(path: str | os.PathLike, device: str | torch.device = "cp
 
 
 def load_model_from_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
-    """:func:`load_trained_model` as ``(model, info dict)``, for callers not yet moved to :class:`TrainedModel`.
+    """:func:`load_trained_model` as ``(model, info dict)``: use :func:`load_trained_model`.
 
-    ``info`` holds the fields of :class:`TrainedModel` but ``model``, plus ``"model_config"`` (a dict).
+    Kept only for ``erf.models`` (its checkpoint loader, which another branch moves into a loader registry);
+    delete it once that loader calls :func:`load_trained_model`. ``info`` holds the fields of
+    :class:`TrainedModel` but ``model``, plus ``"model_config"`` (a dict).
     """
     trained = load_trained_model(path, device)
     info = {f: getattr(trained, f) for f in TrainedModel.__dataclass_fields__ if f != "model"}

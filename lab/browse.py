@@ -39,6 +39,7 @@ from PIL import Image, ImageDraw
 from erf.occlusion import occluder_centers
 from erf.result import ERFResult
 from erf.stats import centered_square
+from erf.util import finite_or_none
 
 __all__ = ["BrowseConfig", "MEASURES", "Measure", "unit_measures", "find_results", "write_browser",
            "write_demo_browser", "DEMO_BROWSER"]
@@ -137,14 +138,8 @@ def unit_measures(result: ERFResult, *, far_fraction: float = 0.25) -> list[dict
         values = result.topk_values[u]
         finite = values[np.isfinite(values)]
         row.setdefault("activation", float(finite.max()) if finite.size else None)
-        out.append({k: _clean(v) for k, v in row.items()})
+        out.append(finite_or_none(row))
     return out
-
-
-def _clean(v):
-    if isinstance(v, (float, np.floating)):
-        return float(v) if math.isfinite(v) else None
-    return v
 
 
 # --------------------------------------------------------------------------- inputs

@@ -1,6 +1,6 @@
 """Probe several layers by several methods into one output folder: what ``erf-probe`` runs.
 
-For each (layer, method) the folder ``OUT/<method>-<layer>/`` gets the
+For each (layer, method) the folder ``OUT/<method>-<layer>/`` (or where ``folder`` says) gets the
 :class:`erf.result.ERFResult` (``result.npz``, ``summary.json``) and
 ``provenance.json``: what the result was made from, namely the model's
 fingerprint (SHA-256 of its weights), the image set's fingerprint (names and
@@ -201,6 +201,15 @@ def _check_out(out: Path, overwrite: bool, resume: bool) -> None:
                               "its results or --resume to continue")
 
 
+def _inside(out: Path, rel: str) -> Path:
+    """``out / rel`` for a relative path that stays inside ``out`` (a result folder, never ``out`` itself)."""
+    parts = Path(rel).parts
+    if not parts or Path(rel).is_absolute() or ".." in parts:
+        raise ValueError(f"result folder {rel!r}; expected a relative path inside the output folder, like "
+                         "'occlusion-conv5_3'")
+    return out / rel
+
+
 def _first_missing(out: Path, target: Path) -> Path | None:
     """The outermost folder on the way from ``out`` to ``target`` that does not exist yet (None if all do)."""
     parts = target.relative_to(out).parts
@@ -267,8 +276,8 @@ def run_probe(
                          f"{len(images)}")
     base = {"version": _PROVENANCE_VERSION, "model": _fingerprint_model(model)[0],
             "images": _fingerprint_images(images.images, images.names)}
-    plan = [(layer, rf, m, out / folder(method=m, layer=layer), {**base, "method": m, "layer": layer,
-                                                   "settings": settings.identity(m)})
+    plan = [(layer, rf, m, _inside(out, folder(method=m, layer=layer)), {**base, "method": m, "layer": layer,
+                                                                         "settings": settings.identity(m)})
             for layer, rf in checked for m in methods]
     kept = {target: _keep_finished(target, made_from) for *_, target, made_from in plan} if resume else {}
     shard.barrier()  # every rank has checked the output folder before any rank writes to it

@@ -39,7 +39,7 @@ from PIL import Image, ImageDraw
 from erf.occlusion import occluder_centers
 from erf.result import ERFResult
 from erf.stats import centered_square
-from erf.util import finite_or_none
+from erf.util import finite_or_none, format_number
 
 __all__ = ["BrowseConfig", "MEASURES", "Measure", "unit_measures", "find_results", "write_browser",
            "write_demo_browser", "DEMO_BROWSER"]
@@ -311,11 +311,10 @@ def _page(title: str, body: str, depth: int) -> str:
 
 
 def _fmt(v, digits=3) -> str:
-    if v is None:
-        return "–"
+    """A number for the page: ``digits`` significant digits (whole numbers from 10^4 on), "–" for None and NaN."""
     if isinstance(v, float):
-        return f"{v:.{digits}g}" if abs(v) < 1e4 else f"{v:.0f}"
-    return html.escape(str(v))
+        return format_number(v, f".{digits}g" if abs(v) < 1e4 else ".0f", "–")
+    return "–" if v is None else html.escape(str(v))
 
 
 def _missing(result: ERFResult, has_views: bool) -> list[str]:

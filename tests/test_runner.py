@@ -62,6 +62,14 @@ def test_folder_and_no_table(tmp_path):
     assert ERFResult.load(out / "1" / "neuron").mode == "neuron"
 
 
+@pytest.mark.parametrize("rel", ["../{layer}", "/tmp/{method}", ""])
+def test_folder_outside_the_output_folder_refused_before_writing(tmp_path, rel):
+    with pytest.raises(ValueError, match="expected a relative path inside the output folder"):
+        run_probe(_tiny(), _images(), ["1"], out=tmp_path / "out", settings=SETTINGS, folder=rel.format,
+                  log=lambda m: None)
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
 def test_failed_first_probe_removes_only_the_folders_it_created(tmp_path):
     out = tmp_path / "out"
     run_probe(_tiny(), _images(), ["1"], out=out, methods=["gradient"], settings=SETTINGS,

@@ -40,7 +40,8 @@ def _num(v: float) -> str:
     return str(int(v)) if float(v).is_integer() else f"{v:.4g}"
 
 
-def _pair(p: tuple[float, float], sep: str = "x") -> str:
+def _sides(p: tuple[float, float], sep: str = "x") -> str:
+    """An (h, w) pair as text: one number when both agree (``11``), else ``11x7``."""
     return _num(p[0]) if p[0] == p[1] else f"{_num(p[0])}{sep}{_num(p[1])}"
 
 
@@ -48,7 +49,7 @@ def format_table(rfs: dict[str, LayerRF]) -> str:
     """One row per layer: name, output size, TRF, jump, centre of unit (0, 0), global flag."""
     head = ("layer", "size", "TRF", "jump", "centre(0,0)", "global")
     rows = [(name, f"{r.size[0]}x{r.size[1]}" + ("" if r.layout == "NCHW" else f" ({r.layout})"),
-             _pair(r.rf) + ("" if r.exact else "*"), _pair(r.jump),
+             _sides(r.rf) + ("" if r.exact else "*"), _sides(r.jump),
              f"({_num(r.start[0])}, {_num(r.start[1])})", "yes" if r.is_global else "")
             for name, r in rfs.items()]
     widths = [max(len(str(c)) for c in col) for col in zip(head, *rows)]

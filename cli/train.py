@@ -22,7 +22,7 @@ from parsenet.config import ParseNetConfig
 from parsenet.metrics import metrics_table
 from parsenet.presets import PRESETS, preset
 from parsenet.trainer import evaluate_checkpoint, load_run_config, read_train_options, resolve_train_config, train
-from erf.util import format_number
+from erf.util import format_percent
 
 __all__ = ["train_command", "eval_command"]
 
@@ -131,8 +131,8 @@ def train_command(preset_name, config_file, dataset_option, resume, **options):
     best, last = summary.get("best"), summary.get("last")
     out = Path(cfg.out)
     if best and int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one report
-        click.echo(f"best mean IoU {_pct(best['metrics']['mean_iou'])} at step {best['step']}; "
-                   f"last {_pct(last['metrics']['mean_iou']) if last else 'n/a'}; run folder {out}")
+        click.echo(f"best mean IoU {format_percent(best['metrics']['mean_iou'])} at step {best['step']}; "
+                   f"last {format_percent(last['metrics']['mean_iou']) if last else 'n/a'}; run folder {out}")
 
 
 @command("erf-eval", show_default=True)
@@ -159,10 +159,6 @@ def eval_command(checkpoint, dataset, dataset_option, split, batch_size, device,
                                **metrics.to_dict()}, indent=2))
     else:
         click.echo(metrics_table({Path(checkpoint).name: metrics}, classes))
-
-
-def _pct(v) -> str:
-    return format_number(None if v is None else 100 * v, ".1f", "n/a")
 
 
 if __name__ == "__main__":

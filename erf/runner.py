@@ -1,6 +1,6 @@
 """Probe several layers by several methods into one output folder: what ``erf-probe`` runs.
 
-For each (layer, method) the folder ``OUT/<method>-<layer>/`` gets the
+For each (layer, method) the folder ``OUT/<method>-<layer>/`` (or where ``folder`` says) gets the
 :class:`erf.result.ERFResult` (``result.npz``, ``summary.json``) and
 ``provenance.json``: what the result was made from, namely the model's
 fingerprint (SHA-256 of its weights), the image set's fingerprint (names and
@@ -219,6 +219,22 @@ def _check_out(out: Path, overwrite: bool, resume: bool) -> None:
                               "its results or --resume to continue")
 
 
+def _inside(out: Path, rel: str) -> Path:
+    """``out / rel`` for a relative path that stays inside ``out`` (a result folder, never ``out`` itself)."""
+    parts = Path(rel).parts
+    if not parts or Path(rel).is_absolute() or ".." in parts:
+        raise ValueError(f"result folder {rel!r}; expected a relative path inside the output folder, like "
+                         "'occlusion-conv5_3'")
+    return out / rel
+
+
+def _first_missing(out: Path, target: Path) -> Path | None:
+    """The outermost folder on the way from ``out`` to ``target`` that does not exist yet (None if all do)."""
+    parts = target.relative_to(out).parts
+    return next((out.joinpath(*parts[:i]) for i in range(1, len(parts) + 1) if not out.joinpath(*parts[:i]).exists()),
+                None)
+
+
 def run_probe(
     model: nn.Module,
     images: ImageSet,
@@ -233,6 +249,8 @@ def run_probe(
     progress: bool = False,
     shard: ProcessShard | None = None,
     log: Callable[[str], None] = print,
+    folder: Callable[..., str] = "{method}-{layer}".format,
+    table: str | None = "table.json",
 ) -> list[dict]:
     """Probe every layer by every method into ``out``, resuming or refusing as the module docstring says.
 
@@ -247,9 +265,12 @@ def run_probe(
         overwrite: replace results already in ``out``; resume: keep finished ones and continue unfinished ones.
         progress: progress bars; shard: this process under torchrun (default a single process).
         log: where one-line notes go (kept results, bf16 drift, a TRF smaller than the patch).
+        folder: ``folder(method=..., layer=...)`` is each result's folder inside ``out`` (default
+            ``"<method>-<layer>"``; ``erf-demo`` uses ``"<layer>/<method>"``).
+        table: the table's file name in ``out``; None writes no table.
 
     Returns:
-        The table rows (also in ``out/table.json``), one per (layer, method); empty on ranks other than 0.
+        The table rows (also in ``out/<table>``), one per (layer, method); empty on ranks other than 0.
 
     Raises:
         ValueError, FileExistsError, FileNotFoundError: bad input, before anything is written.
@@ -275,14 +296,14 @@ def run_probe(
                          f"{len(images)}")
     base = {"version": _PROVENANCE_VERSION, "model": _fingerprint_model(model)[0],
             "images": _fingerprint_images(images.images, images.names)}
-    plan = [(layer, rf, m, out / f"{m}-{layer}", {**base, "method": m, "layer": layer,
-                                                   "settings": settings.identity(m)})
+    plan = [(layer, rf, m, _inside(out, folder(method=m, layer=layer)), {**base, "method": m, "layer": layer,
+                                                                         "settings": settings.identity(m)})
             for layer, rf in checked for m in methods]
     kept = {target: _keep_finished(target, made_from) for *_, target, made_from in plan} if resume else {}
     shard.barrier()  # every rank has checked the output folder before any rank writes to it
 
-    existed = out.exists()  # empty, or resume/overwrite
-    before = set(out.iterdir()) if existed else set()
+    # What a failure before the first result removes: ``out`` if new, else the folders this run creates in it.
+    created = [out] if not out.exists() else sorted({p for *_, target, _ in plan if (p := _first_missing(out, target))})
     results = []
     try:
         for layer, rf, m, target, made_from in plan:
@@ -297,7 +318,7 @@ def run_probe(
                                       overwrite, progress, shard, log))
     except Exception:
         if shard.main and not results:  # a failure before the first result leaves the folder as it was
-            for new in ([out] if not existed else sorted(set(out.iterdir()) - before)):
+            for new in created:
                 shutil.rmtree(new, ignore_errors=True)
         raise
     if not shard.main:
@@ -305,7 +326,9 @@ def run_probe(
     rows = [{**r.table_row(), "method": r.method, "mode": r.mode,
              **({"replknet": {**r.config["replknet"], "input_size": r.config.get("input_size")}}
                 if "replknet" in r.config else {})} for r in results]
-    with atomic_write(out / "table.json", "w") as f:  # from the results it lists, never relabelled
+    if table is None:
+        return rows
+    with atomic_write(out / table, "w") as f:  # from the results it lists, never relabelled
         json.dump({"model": results[0].model.get("name"), "images": len(results[0].images), "rows": rows}, f,
                   indent=1)
     return rows

@@ -40,6 +40,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from erf.util import finite_or_none
+
 __all__ = [
     "CONTRIBUTION_LEVELS",
     "MASS_LEVELS",
@@ -360,15 +362,7 @@ class ERFStats:
 
     def to_dict(self) -> dict:
         """JSON-ready dict (NaN becomes None)."""
-        return {k: _json_safe(v) for k, v in asdict(self).items()}
-
-
-def _json_safe(v):
-    if isinstance(v, (tuple, list)):
-        return [_json_safe(x) for x in v]
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    return v
+        return finite_or_none(asdict(self))
 
 
 def erf_stats(

@@ -18,8 +18,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Iterator
 
+import numpy as np
+
 __all__ = ["did_you_mean", "unknown_name", "atomic_write", "atomic_torch_save", "parse_device", "check_path",
-           "check_field_types", "finite_or_none", "format_number", "state_dict_mismatch"]
+           "check_field_types", "finite_or_none", "format_number", "format_percent", "state_dict_mismatch"]
 
 
 def did_you_mean(name: str, choices: Iterable[str], n: int = 5) -> str:
@@ -207,13 +209,13 @@ def check_field_types(cls: type, values: dict, where: str = "") -> None:
 
 
 def finite_or_none(obj: Any) -> Any:
-    """NaN and infinities (in nested dicts, lists, tuples) become None, for strict JSON."""
+    """NaN and infinities (in nested dicts, lists, tuples) become None, for strict JSON; numpy floats become floats."""
     if isinstance(obj, dict):
         return {k: finite_or_none(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [finite_or_none(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
     return obj
 
 
@@ -222,6 +224,11 @@ def format_number(value: Any, spec: str = ".3g", missing: str = "-") -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return missing
     return format(value, spec)
+
+
+def format_percent(value: Any, spec: str = ".1f", missing: str = "n/a") -> str:
+    """A fraction as a percentage without the sign (``0.123`` -> ``"12.3"``), or ``missing`` for None and NaN."""
+    return format_number(None if value is None else 100 * value, spec, missing)
 
 
 def state_dict_mismatch(own: dict, given: dict, limit: int = 5) -> str:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import base64
 import html
-import math
 from collections.abc import Mapping, Sequence
+
+from erf.util import format_number, format_percent
 
 __all__ = ["QUESTION", "ERF_TABLE_NOTE", "metric_rows", "per_class_rows", "erf_rows", "report_markdown", "report_html"]
 
@@ -24,12 +25,8 @@ QUESTION = (
 )
 
 
-def _pct(v) -> str:
-    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}"
-
-
-def _num(v, fmt: str = "{:.0f}") -> str:
-    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else fmt.format(v)
+def _num(v, spec: str = ".0f") -> str:
+    return format_number(v, spec, "n/a")
 
 
 def metric_rows(summaries: Mapping[str, Mapping]) -> tuple[list[str], list[list[str]]]:
@@ -38,7 +35,7 @@ def metric_rows(summaries: Mapping[str, Mapping]) -> tuple[list[str], list[list[
     rows = []
     for name, s in summaries.items():
         m = s["best"]["metrics"]
-        rows.append([name, _pct(m["pixel_acc"]), _pct(m["mean_acc"]), _pct(m["mean_iou"]), _pct(m["fw_iou"]),
+        rows.append([name, format_percent(m["pixel_acc"]), format_percent(m["mean_acc"]), format_percent(m["mean_iou"]), format_percent(m["fw_iou"]),
                      str(s["best"].get("step", ""))])
     return header, rows
 
@@ -49,14 +46,14 @@ def per_class_rows(summaries: Mapping[str, Mapping]) -> tuple[list[str], list[li
     classes = next(iter(summaries.values()))["classes"]
     rows = []
     for k, cls in enumerate(classes):
-        rows.append([cls] + [_pct(summaries[n]["best"]["metrics"]["per_class_iou"][k]) for n in names])
+        rows.append([cls] + [format_percent(summaries[n]["best"]["metrics"]["per_class_iou"][k]) for n in names])
     return ["class"] + [f"{n} IoU" for n in names], rows
 
 
-def _with_ci(v, ci, fmt: str) -> str:
-    text = _num(v, fmt)
+def _with_ci(v, ci, spec: str) -> str:
+    text = _num(v, spec)
     if ci and ci[0] is not None and ci[1] is not None and text != "n/a":
-        text += f" [{fmt.format(ci[0])}, {fmt.format(ci[1])}]"
+        text += f" [{ci[0]:{spec}}, {ci[1]:{spec}}]"
     return text
 
 
@@ -80,10 +77,10 @@ def erf_rows(table: Sequence[Mapping]) -> tuple[list[str], list[list[str]]]:
         if spread != "n/a":
             spread += " (fit)" if reach.get("spread_from") == "fit" else " (moment)"
         rows.append([r["model"], r["layer"], r["method"], trf, side, _num(reach.get("mass_side@0.5")),
-                     _with_ci(reach.get("mass_side@0.9"), ci.get("mass_side@0.9"), "{:.0f}"),
+                     _with_ci(reach.get("mass_side@0.9"), ci.get("mass_side@0.9"), ".0f"),
                      _num(reach.get("mass_side@0.99")),
-                     _with_ci(reach.get("far_share"), ci.get("far_share"), "{:.2f}"), spread,
-                     _num(r.get("erf_over_trf"), "{:.2f}"), _num(r.get("erf_over_image"), "{:.2f}")])
+                     _with_ci(reach.get("far_share"), ci.get("far_share"), ".2f"), spread,
+                     _num(r.get("erf_over_trf"), ".2f"), _num(r.get("erf_over_image"), ".2f")])
     return header, rows
 
 

@@ -20,13 +20,14 @@ file-system module, and calls no ``open``/``savefig``/``read_*``/``write_*``.
 """
 from lab.analysis import FEATURE_SCALE_LAYERS, feature_norms, predict
 from lab.demo import check_demo, run_demo
-from lab.experiment import MODELS, DemoConfig, probe_images, result_dir, run_experiment
+from lab.experiment import MODELS, DemoConfig, probe_images, probe_settings, result_dir, run_experiment
 from lab.render import FORMATS, find_inputs, make_figures, model_label, render, save_figures
 from lab.report import build_report, write_report
 
 __all__ = [
     "predict", "feature_norms", "FEATURE_SCALE_LAYERS",
-    "DemoConfig", "MODELS", "check_demo", "run_demo", "run_experiment", "probe_images", "result_dir",
+    "DemoConfig", "MODELS", "check_demo", "run_demo", "run_experiment", "probe_images", "probe_settings",
+    "result_dir",
     "FORMATS", "find_inputs", "model_label", "make_figures", "save_figures", "render",
     "build_report", "write_report",
 ]

@@ -39,6 +39,7 @@ from PIL import Image, ImageDraw
 from erf.occlusion import occluder_centers
 from erf.result import ERFResult
 from erf.stats import FIT_R2_MIN, centered_square
+from erf.util import finite_or_none, format_number
 
 __all__ = ["BrowseConfig", "MEASURES", "Measure", "unit_measures", "find_results", "write_browser",
            "write_demo_browser", "DEMO_BROWSER"]
@@ -144,14 +145,8 @@ def unit_measures(result: ERFResult, *, far_fraction: float = 0.25) -> list[dict
         values = result.topk_values[u]
         finite = values[np.isfinite(values)]
         row.setdefault("activation", float(finite.max()) if finite.size else None)
-        out.append({k: _clean(v) for k, v in row.items()})
+        out.append(finite_or_none(row))
     return out
-
-
-def _clean(v):
-    if isinstance(v, (float, np.floating)):
-        return float(v) if math.isfinite(v) else None
-    return v
 
 
 # --------------------------------------------------------------------------- inputs
@@ -323,11 +318,10 @@ def _page(title: str, body: str, depth: int) -> str:
 
 
 def _fmt(v, digits=3) -> str:
-    if v is None:
-        return "–"
+    """A number for the page: ``digits`` significant digits (whole numbers from 10^4 on), "–" for None and NaN."""
     if isinstance(v, float):
-        return f"{v:.{digits}g}" if abs(v) < 1e4 else f"{v:.0f}"
-    return html.escape(str(v))
+        return format_number(v, f".{digits}g" if abs(v) < 1e4 else ".0f", "–")
+    return "–" if v is None else html.escape(str(v))
 
 
 def _missing(result: ERFResult, has_views: bool) -> list[str]:

@@ -5,10 +5,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from erf.runner import METHODS, ProbeSettings, check_probe_settings
+from erf.runner import METHODS, check_probe_settings
 from erf.util import check_field_types
 from lab.browse import DEMO_BROWSER, write_demo_browser
-from lab.experiment import MODELS, DemoConfig, run_experiment, train_config
+from lab.experiment import MODELS, DemoConfig, probe_settings, run_experiment, train_config
 from lab.report import build_report
 
 __all__ = ["check_demo", "run_demo"]
@@ -26,9 +26,7 @@ def check_demo(cfg: DemoConfig, resume: bool) -> None:
                          f"expected at most {cfg.val_images}")
     for name in MODELS:
         train_config(cfg, name, progress=False)  # raises on bad steps, sizes, ...
-    check_probe_settings(ProbeSettings(patch=cfg.patch, stride=cfg.stride, top_k=min(cfg.top_k, cfg.probe_images),
-                                       batch_size=cfg.batch_size, seed=cfg.seed), METHODS, (cfg.size, cfg.size),
-                         cfg.probe_images)
+    check_probe_settings(probe_settings(cfg, cfg.probe_images), METHODS, (cfg.size, cfg.size), cfg.probe_images)
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"output folder {str(out)!r} is a file; expected a folder")

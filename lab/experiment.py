@@ -11,15 +11,19 @@ scenes, where the class of an object depends on a cue far away from it:
    image for the ParseNet Fig. 2 panels.
 
 Every step is resumable: a finished training run or probe result is kept and
-reused, an interrupted one continues from its own state file.
+reused, an interrupted one continues from its own state file. The probes run
+through :func:`erf.runner.run_probe`, as in ``erf-probe``: each result folder
+gets ``provenance.json``, and a resumed run refuses a result made from another
+model, other images or other settings.
 
 Folder layout under ``out``::
 
     train/fcn/, train/parsenet/                   erf-train run folders (best.pt, log.jsonl, summary.json)
-    probe/<model>/<layer>/<method>/               erf.ERFResult folders (result.npz, summary.json)
+    probe/<model>/<layer>/<method>/               erf.ERFResult folders (result.npz, summary.json, provenance.json)
 """
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 from dataclasses import dataclass, field
@@ -28,16 +32,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from erf.gradient import probe_gradient
 from erf.graph import truncate
-from erf.occlusion import probe_occlusion
+from erf.images import ImageSet
 from erf.result import ERFResult
-from parsenet.checkpoint import load_model_from_checkpoint
+from erf.runner import METHODS, ProbeSettings, run_probe
+from parsenet.checkpoint import load_trained_model
 from parsenet.data import build_dataset
 from parsenet.presets import merge_options, preset
 from parsenet.trainer import TrainConfig, train
 
-__all__ = ["DemoConfig", "MODELS", "run_experiment", "probe_images", "result_dir"]
+__all__ = ["DemoConfig", "MODELS", "run_experiment", "probe_images", "probe_settings", "result_dir"]
 
 # Display name -> context setting: the two models differ only in the context branch.
 MODELS = {"FCN": "none", "ParseNet": "global"}
@@ -112,15 +116,16 @@ def _finished(run: Path) -> bool:
 
 def result_dir(out: str | Path, model: str, layer: str, method: str) -> Path:
     """Where the probe result of ``model`` / ``layer`` / ``method`` lives (method: occlusion, gradient, neuron)."""
-    return Path(out) / "probe" / model.lower() / layer / method
+    return Path(out) / "probe" / model.lower() / layer / method  # run_experiment writes there
 
 
-def probe_images(cfg: DemoConfig) -> tuple[torch.Tensor, list[str], list]:
-    """The validation scenes that are probed: (N, 3, H, W) normalised, their names, and raw (image, labels) pairs."""
+def probe_images(cfg: DemoConfig) -> tuple[ImageSet, list]:
+    """The validation scenes that are probed, with the dataset's normalisation, and their raw (image, labels) pairs."""
     val = build_dataset("scenes", "val", seed=cfg.seed, **cfg.dataset_options())
     n = min(cfg.probe_images, len(val))
-    images = torch.stack([val[i][0] for i in range(n)])
-    return images, [val.name(i) for i in range(n)], [val.raw(i) for i in range(n)]
+    images = torch.stack([val[i][0] for i in range(n)])  # (N, 3, H, W), normalised with val.info's mean and std
+    return ImageSet(images, tuple(val.name(i) for i in range(n)), val.info.mean, val.info.std), \
+        [val.raw(i) for i in range(n)]
 
 
 def _strongest_center_channel(model, layer: str, images: torch.Tensor) -> int:
@@ -131,16 +136,21 @@ def _strongest_center_channel(model, layer: str, images: torch.Tensor) -> int:
     return int(act[:, :, h // 2, w // 2].mean(0).argmax())
 
 
-def _probe(path: Path, run, *, finish=None) -> ERFResult:
-    """Load the finished result in ``path``, or run the probe (resumable through its state file) and save it."""
-    if (path / "summary.json").exists():
-        return ERFResult.load(path)
-    path.mkdir(parents=True, exist_ok=True)
-    result = run(path / "state.pt")
-    if finish is not None:
-        finish(result)
-    result.save(path)
-    (path / "state.pt").unlink(missing_ok=True)
+def probe_settings(cfg: DemoConfig, n_images: int, neuron=None) -> ProbeSettings:
+    """The demo's probe options: its occluder, top-K and seed; every other option at erf-probe's default."""
+    return ProbeSettings(patch=cfg.patch, stride=cfg.stride, top_k=min(cfg.top_k, n_images), neuron=neuron,
+                         batch_size=cfg.batch_size, seed=cfg.seed)
+
+
+def _add_display(path: Path, model, images: ImageSet, raw: list) -> ERFResult:
+    """Store what the Fig. 2 panels show next to a neuron's ERF: the images and the channel's activation."""
+    result = ERFResult.load(path)
+    if result.activations is None:  # not yet added (a result kept from a resumed run has them)
+        with torch.inference_mode():
+            act = truncate(model, result.layer)(images.images)[:, result.neuron[0]]  # (N, h, w)
+        result.activations = act.numpy().astype("float32")
+        result.display_images = np.stack([r[0] for r in raw])  # (N, H, W, 3) uint8
+        result.save(path)
     return result
 
 
@@ -180,39 +190,27 @@ def run_experiment(cfg: DemoConfig, *, overwrite: bool = False, resume: bool = F
         log(f"[demo] training {name} (context={MODELS[name]}) for {cfg.steps} steps -> {runs[name]}")
         train(tcfg)
 
-    images, names, raw = probe_images(cfg)
-
-    def add_display(model, layer: str):
-        """Keep what the Fig. 2 panels show next to a neuron's ERF: the images and the channel's activation."""
-        def finish(result: ERFResult) -> None:
-            with torch.inference_mode():
-                act = truncate(model, layer)(images)[:, result.neuron[0]]  # (N, h, w)
-            result.activations = act.numpy().astype("float32")
-            result.display_images = np.stack([r[0] for r in raw])  # (N, H, W, 3) uint8
-        return finish
-
-    common = dict(names=names, batch_size=cfg.batch_size)
+    images, raw = probe_images(cfg)
     results: dict[tuple[str, str, str], ERFResult] = {}
     for name, run in runs.items():
-        model, _ = load_model_from_checkpoint(run / "best.pt")
+        model = load_trained_model(run / "best.pt").model
+        probe_dir = out / "probe" / name.lower()
         label = f"{name} ({run / 'best.pt'})"
+        probe = functools.partial(run_probe, model, images, out=probe_dir, model_name=label, progress=progress,
+                                  log=lambda m: log(f"[demo] {name} {m}"), table=None)
+        log(f"[demo] probing {name} {', '.join(cfg.layers)}: occlusion over {len(images)} images, then gradient")
+        probe(cfg.layers, methods=METHODS, settings=probe_settings(cfg, len(images)), resume=_has_files(probe_dir),
+              folder="{layer}/{method}".format)
         for layer in cfg.layers:
-            log(f"[demo] probing {name} {layer}: occlusion over {len(images)} images, then gradient")
-            results[name, layer, "occlusion"] = _probe(
-                result_dir(out, name, layer, "occlusion"),
-                lambda state: probe_occlusion(model, layer, images, patch=cfg.patch, stride=cfg.stride,
-                                              seed=cfg.seed, top_k=min(cfg.top_k, len(images)),
-                                              model_name=label, state_path=state, progress=progress, **common))
-            results[name, layer, "gradient"] = _probe(
-                result_dir(out, name, layer, "gradient"),
-                lambda state: probe_gradient(model, layer, images, position="center", seed=cfg.seed,
-                                             model_name=label, **common))
-        channel = _strongest_center_channel(model, "fc7", images)
+            for method in METHODS:
+                results[name, layer, method] = ERFResult.load(result_dir(out, name, layer, method))
+        channel = _strongest_center_channel(model, "fc7", images.images)
         log(f"[demo] probing {name} fc7 neuron (channel {channel}, centre unit) on every image")
-        results[name, "fc7", "neuron"] = _probe(
-            result_dir(out, name, "fc7", "neuron"),
-            lambda state: probe_occlusion(model, "fc7", images, patch=cfg.patch, stride=cfg.stride, seed=cfg.seed,
-                                          neuron=(channel, "center"), model_name=label, state_path=state,
-                                          progress=progress, **common),
-            finish=add_display(model, "fc7"))
-    return {"runs": runs, "results": results, "images": names}
+        probe(["fc7"], settings=probe_settings(cfg, len(images), neuron=(channel, "center")), resume=True,
+              folder="{layer}/neuron".format)
+        results[name, "fc7", "neuron"] = _add_display(result_dir(out, name, "fc7", "neuron"), model, images, raw)
+    return {"runs": runs, "results": results, "images": list(images.names)}
+
+
+def _has_files(folder: Path) -> bool:
+    return folder.is_dir() and any(folder.iterdir())

@@ -320,7 +320,7 @@ def _run_figures(runs: Mapping[str, Path], n_images: int) -> dict[str, Figure]:
     import torch
 
     from lab.analysis import feature_norms, predict
-    from parsenet.checkpoint import load_model_from_checkpoint
+    from parsenet.checkpoint import load_trained_model
     from parsenet.data import build_dataset
 
     figs: dict[str, Figure] = {}
@@ -329,24 +329,24 @@ def _run_figures(runs: Mapping[str, Path], n_images: int) -> dict[str, Figure]:
 
     by_data: dict[str, dict[str, tuple]] = defaultdict(dict)
     for name, run in named.items():
-        model, meta = load_model_from_checkpoint(run / "best.pt")
-        tcfg = meta.get("train_config") or {}
+        trained = load_trained_model(run / "best.pt")
+        tcfg = trained.train_config or {}
         key = json.dumps([tcfg.get("dataset"), tcfg.get("dataset_options"), tcfg.get("val_split")], sort_keys=True)
-        by_data[key][name] = (model, meta, tcfg)
+        by_data[key][name] = (trained.model, tcfg)
 
     for i, (key, models) in enumerate(by_data.items()):
-        model, meta, tcfg = next(iter(models.values()))
+        _, tcfg = next(iter(models.values()))
         val = build_dataset(tcfg["dataset"], tcfg.get("val_split", "val"), seed=tcfg.get("seed", 0),
                             **(tcfg.get("dataset_options") or {}))
         idx = list(range(min(n_images, len(val))))
         images = torch.stack([val[j][0] for j in idx])
         raw = [val.raw(j) for j in idx]
-        preds = {name: list(predict(m, images)) for name, (m, _, _) in models.items()}
+        preds = {name: list(predict(m, images)) for name, (m, _) in models.items()}
         suffix = "" if len(by_data) == 1 else f"_{i}"
         figs[f"segmentation{suffix}"] = fig_segmentation(
             [r[0] for r in raw], [np.asarray(r[1]) for r in raw], preds, list(val.info.classes),
             colors=np.asarray(val.info.colors), ignore_index=val.info.ignore_index)
-        for name, (m, _, _) in models.items():
+        for name, (m, _) in models.items():
             if "pool6" in dict(m.named_modules()):
                 before, after = feature_norms(m, images)
                 figs[f"feature_scale_{_slug(name)}"] = fig_feature_scale(

@@ -1,5 +1,5 @@
 """parsenet: ParseNet (Liu, Rabinovich & Berg 2015) and its FCN baseline, with data, training and metrics."""
-from parsenet.checkpoint import TrainedModel, load_checkpoint, load_model_from_checkpoint, load_trained_model, save_checkpoint
+from parsenet.checkpoint import TrainedModel, load_checkpoint, load_trained_model, save_checkpoint
 from parsenet.config import ParseNetConfig
 from parsenet.data import DatasetInfo, SegmentationDataset, build_dataset, dataset_names, denormalize, export_folder
 from parsenet.layers import L2Norm, Upsample
@@ -16,6 +16,6 @@ __all__ = [
     "DatasetInfo", "SegmentationDataset", "build_dataset", "dataset_names", "denormalize", "export_folder",
     "ConfusionMatrix", "SegmentationMetrics", "metrics_table",
     "TrainConfig", "train", "evaluate", "evaluate_checkpoint", "load_run_config", "PRESETS", "preset", "merge_options",
-    "save_checkpoint", "load_checkpoint", "load_model_from_checkpoint", "TrainedModel", "load_trained_model",
+    "save_checkpoint", "load_checkpoint", "TrainedModel", "load_trained_model",
     "load_checkpoint_model",
 ]

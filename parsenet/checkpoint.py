@@ -43,7 +43,6 @@ __all__ = [
     "CHECKPOINT_VERSION",
     "save_checkpoint",
     "load_checkpoint",
-    "load_model_from_checkpoint",
     "TrainedModel",
     "load_trained_model",
     "rng_state",
@@ -248,17 +247,6 @@ def load_trained_model(path: str | os.PathLike, device: str | torch.device = "cp
                         ignore_index=int(ckpt.get("ignore_index", 255)), mean=list(ckpt["mean"]),
                         std=list(ckpt["std"]), step=int(ckpt["step"]), metrics=ckpt.get("metrics"),
                         best=ckpt.get("best"), train_config=ckpt.get("train_config"), path=str(path))
-
-
-def load_model_from_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
-    """:func:`load_trained_model` as ``(model, info dict)``, for callers not yet moved to :class:`TrainedModel`.
-
-    ``info`` holds the fields of :class:`TrainedModel` but ``model``, plus ``"model_config"`` (a dict).
-    """
-    trained = load_trained_model(path, device)
-    info = {f: getattr(trained, f) for f in TrainedModel.__dataclass_fields__ if f != "model"}
-    info["model_config"] = trained.config.to_dict()
-    return trained.model, info
 
 
 def _describe_file(path: Path, exc: BaseException) -> str:

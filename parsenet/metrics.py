@@ -18,12 +18,13 @@ accuracy), but if it was predicted its IoU is a well-defined 0 and counts.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
 import torch
 import torch.distributed as dist
+
+from erf.util import finite_or_none, format_percent
 
 __all__ = ["ConfusionMatrix", "SegmentationMetrics", "metrics_table"]
 
@@ -52,15 +53,7 @@ class SegmentationMetrics:
 
     def to_dict(self) -> dict:
         """JSON-safe dict: NaN becomes ``None`` (strict JSON has no NaN)."""
-
-        def clean(v):
-            if isinstance(v, float) and math.isnan(v):
-                return None
-            if isinstance(v, (tuple, list)):
-                return [clean(x) for x in v]
-            return v
-
-        return {k: clean(v) for k, v in asdict(self).items()}
+        return finite_or_none(asdict(self))
 
     @classmethod
     def from_dict(cls, d: dict) -> "SegmentationMetrics":
@@ -185,10 +178,10 @@ def metrics_table(columns: dict[str, SegmentationMetrics], classes: Sequence[str
     rows = [("pixel acc", "pixel_acc"), ("mean acc", "mean_acc"), ("mean IoU", "mean_iou"), ("fw IoU", "fw_iou")]
     table = [("metric", *columns.keys())]
     for label, key in rows:
-        table.append((label, *(_pct(getattr(m, key)) for m in columns.values())))
+        table.append((label, *(format_percent(getattr(m, key)) for m in columns.values())))
     table.append(("IoU per class", *("" for _ in columns)))
     for k, name in enumerate(classes):
-        table.append((f"  {name}", *(_pct(m.per_class_iou[k]) for m in columns.values())))
+        table.append((f"  {name}", *(format_percent(m.per_class_iou[k]) for m in columns.values())))
     first = max(len(r[0]) for r in table)
     widths = [max(len(r[c]) for r in table) for c in range(1, len(table[0]))]
     out = []
@@ -196,7 +189,3 @@ def metrics_table(columns: dict[str, SegmentationMetrics], classes: Sequence[str
         cells = [r[0].ljust(first)] + [cell.rjust(max(w, 6)) for cell, w in zip(r[1:], widths)]
         out.append("  ".join(cells).rstrip())
     return "\n".join(out)
-
-
-def _pct(v: float) -> str:
-    return "n/a" if v is None or math.isnan(v) else f"{100 * v:.1f}"

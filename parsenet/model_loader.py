@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
 from erf.images import IMAGENET_MEAN, IMAGENET_STD
@@ -19,17 +20,20 @@ def is_checkpoint_file(spec: str) -> bool:
 
 
 def load_checkpoint_model(spec: str, weights: str | None = None) -> LoadedModel:
-    """Rebuild the model of checkpoint ``spec`` in eval mode, with its normalisation and classes in ``meta``."""
-    from parsenet.checkpoint import load_model_from_checkpoint
+    """Rebuild the model of checkpoint ``spec`` in eval mode, with its normalisation and classes in ``meta``.
+
+    ``meta`` holds the fields of :class:`parsenet.checkpoint.TrainedModel` but the model, plus
+    ``"model_config"`` (the config as a dict).
+    """
+    from parsenet.checkpoint import load_trained_model
 
     if weights is not None:
         raise ValueError(f"--weights does not apply to checkpoint {spec!r}: it holds its own weights")
-    model, info = load_model_from_checkpoint(Path(spec))  # raises ValueError saying what a foreign file looks like
-    mean = tuple(info.get("mean") or IMAGENET_MEAN)
-    std = tuple(info.get("std") or IMAGENET_STD)
-    size = info.get("input_size")
-    size = (int(size), int(size)) if isinstance(size, int) else (tuple(size) if size else None)
-    return LoadedModel(model.eval(), f"parsenet:{spec}", mean, std, size, dict(info))
+    trained = load_trained_model(Path(spec))  # raises ValueError saying what a foreign file looks like
+    meta = {f.name: getattr(trained, f.name) for f in fields(trained) if f.name != "model"}
+    meta["model_config"] = trained.config.to_dict()
+    return LoadedModel(trained.model.eval(), f"parsenet:{spec}", tuple(trained.mean or IMAGENET_MEAN),
+                       tuple(trained.std or IMAGENET_STD), None, meta)
 
 
 register_model_loader(is_checkpoint_file, load_checkpoint_model, name="parsenet checkpoint")

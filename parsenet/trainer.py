@@ -47,7 +47,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from erf.distributed import ProcessShard, join_process_group
-from erf.util import atomic_write, check_field_types, check_path, did_you_mean, format_number, parse_device
+from erf.util import atomic_write, check_field_types, check_path, did_you_mean, format_percent, parse_device
 from parsenet.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
 from parsenet.config import ParseNetConfig
 from parsenet.metrics import ConfusionMatrix, SegmentationMetrics
@@ -693,7 +693,7 @@ def _train(cfg: TrainConfig, device: torch.device, ddp: ProcessShard, build_data
                         "images_per_second": rate,
                     }
                     _write_json(out / "summary.json", summary)
-                    bar.write(f"step {done}: mIoU {_fmt(metrics.mean_iou)}, pixel acc {_fmt(metrics.pixel_acc)}"
+                    bar.write(f"step {done}: mIoU {format_percent(metrics.mean_iou)}, pixel acc {format_percent(metrics.pixel_acc)}"
                               + (" (best)" if is_best else ""))
                 ddp.barrier()
     finally:
@@ -713,5 +713,3 @@ def _better(new: float, old: float | None) -> bool:
     return not math.isnan(new) and new > old
 
 
-def _fmt(v: float) -> str:
-    return format_number(100 * v, ".1f", "n/a")

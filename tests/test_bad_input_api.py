@@ -1,13 +1,14 @@
 """Bad input through the Python API, and the shared checks every command uses (erf.util, erf.runner)."""
 import os
 
+import numpy as np
 import pytest
 import torch
 
 from erf.images import load_images
 from erf.runner import ProbeSettings, check_probe_settings, provenance_difference
-from erf.util import (atomic_write, check_field_types, check_path, finite_or_none, format_number, parse_device,
-                      state_dict_mismatch)
+from erf.util import (atomic_write, check_field_types, check_path, finite_or_none, format_number, format_percent,
+                      parse_device, state_dict_mismatch)
 from parsenet.config import ParseNetConfig
 from parsenet.trainer import TrainConfig
 
@@ -96,6 +97,14 @@ def test_finite_or_none_and_format_number():
     assert finite_or_none({"a": [1.0, float("nan")], "b": (float("inf"), 2)}) == {"a": [1.0, None], "b": [None, 2]}
     assert format_number(float("nan")) == "-" and format_number(None, missing="n/a") == "n/a"
     assert format_number(0.12345, ".2f") == "0.12"
+    # numpy scalars come out as plain floats (json.dumps refuses float32), non-finite ones as None
+    cleaned = finite_or_none([np.float32(0.5), np.float64("nan"), np.float32("inf"), np.int64(3)])
+    assert cleaned == [0.5, None, None, 3] and type(cleaned[0]) is float
+
+
+def test_format_percent():
+    assert format_percent(0.1234) == "12.3" and format_percent(1.0, ".0f") == "100"
+    assert format_percent(None) == "n/a" and format_percent(float("nan")) == "n/a"
 
 
 def test_state_dict_mismatch():

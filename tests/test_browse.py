@@ -152,3 +152,10 @@ def test_unpaired_results_compare_as_distributions(tmp_path):
     page = (site / "compare" / "model0--layer2--subset--layer2.html").read_text()
     assert '"matched": false' in page and "compared as distributions" in page and 'id="pairs"' not in page
     assert "side by side" not in (site / "model0--layer2" / "unit" / "0.html").read_text()  # no unit to pair with
+
+
+def test_page_numbers():
+    from lab.browse import _fmt
+
+    assert (_fmt(0.12345), _fmt(12345.6), _fmt(3), _fmt("a<b")) == ("0.123", "12346", "3", "a&lt;b")
+    assert _fmt(None) == _fmt(float("nan")) == "–"  # a statistic that does not exist

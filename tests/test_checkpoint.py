@@ -9,7 +9,7 @@ from torch import nn
 from parsenet.checkpoint import (
     CHECKPOINT_FORMAT,
     load_checkpoint,
-    load_model_from_checkpoint,
+    load_trained_model,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -108,26 +108,32 @@ def test_model_rebuilt_from_file_alone(tmp_path):
     cfg = ParseNetConfig(num_classes=3, width=1 / 8, batch_norm=True, context="global")
     model = build_model(cfg).eval()
     _save(tmp_path / "m.pt", model, metrics={"mean_iou": 0.25})
-    rebuilt, info = load_model_from_checkpoint(tmp_path / "m.pt")
-    assert not rebuilt.training
+    loaded = load_trained_model(tmp_path / "m.pt")
+    assert not loaded.model.training
     x = torch.randn(1, 3, 40, 48)
     with torch.no_grad():
-        assert torch.equal(rebuilt(x)["out"], model(x)["out"])
-    assert info["config"] == cfg and info["model_config"] == cfg.to_dict()
-    assert info["classes"] == CLASSES and info["colors"] == COLORS and info["mean"] == pytest.approx(MEAN)
-    assert info["metrics"] == {"mean_iou": 0.25} and info["step"] == 7 and info["ignore_index"] == 255
+        assert torch.equal(loaded.model(x)["out"], model(x)["out"])
+    assert loaded.config == cfg and loaded.config.to_dict() == cfg.to_dict()
+    assert loaded.classes == CLASSES and loaded.colors == COLORS and loaded.mean == pytest.approx(MEAN)
+    assert loaded.metrics == {"mean_iou": 0.25} and loaded.step == 7 and loaded.ignore_index == 255
+    assert loaded.path == str(tmp_path / "m.pt")
+    # erf.load_model's view of the same file (parsenet registers the loader): the same facts in ``meta``.
+    from erf.models import load_model
+
+    meta = load_model(str(tmp_path / "m.pt")).meta
+    assert meta["model_config"] == cfg.to_dict() and meta["classes"] == CLASSES and meta["step"] == 7
 
 
 def test_weights_that_do_not_fit_the_config(tmp_path):
     _save(tmp_path / "m.pt", _Tiny())  # _Tiny's weights are not a ParseNet's
     with pytest.raises(ValueError, match="its weights do not fit the model its config builds"):
-        load_model_from_checkpoint(tmp_path / "m.pt")
+        load_trained_model(tmp_path / "m.pt")
 
 
 def test_invalid_model_config(tmp_path):
     _save(tmp_path / "m.pt", model_config={"context": "globl"})
     with pytest.raises(ValueError, match="invalid model config: unknown ParseNet config keys|unknown context 'globl'"):
-        load_model_from_checkpoint(tmp_path / "m.pt")
+        load_trained_model(tmp_path / "m.pt")
 
 
 def test_missing_file(tmp_path):

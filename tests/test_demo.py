@@ -94,6 +94,35 @@ def test_demo_refuses_existing_folder_then_resumes(demo_dir):
     assert (demo_dir / "probe" / "parsenet" / "fc7" / "occlusion" / "result.npz").read_bytes() == before
 
 
+def test_demo_probes_record_provenance_and_exact_images(demo_dir):
+    for model in ("fcn", "parsenet"):
+        for layer, method in [(l, m) for l in ("conv5_3", "fc7", "score") for m in ("occlusion", "gradient")] + \
+                [("fc7", "neuron")]:
+            made_from = json.loads((demo_dir / "probe" / model / layer / method / "provenance.json").read_text())
+            assert made_from["layer"] == layer and made_from["method"] == ("gradient" if method == "gradient"
+                                                                           else "occlusion")
+        # The units probe got the dataset's mean and std, so its display images are the scenes' own pixels,
+        # which the neuron result stores as the dataset gives them.
+        units = ERFResult.load(demo_dir / "probe" / model / "fc7" / "occlusion")
+        scenes = ERFResult.load(demo_dir / "probe" / model / "fc7" / "neuron").display_images
+        assert units.config["display_images"] == "exact"
+        for j in {int(j) for j in units.topk_images.ravel() if j >= 0}:
+            np.testing.assert_array_equal(units.display_images[j], scenes[j])
+
+
+def test_demo_resume_refuses_a_result_made_from_other_settings(demo_dir, tmp_path):
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(demo_dir, copy)
+    record = copy / "probe" / "fcn" / "fc7" / "gradient" / "provenance.json"
+    made_from = json.loads(record.read_text())
+    record.write_text(json.dumps({**made_from, "settings": {**made_from["settings"], "seed": 7}}))
+    refused = CliRunner().invoke(demo_main, ["--quick", "--out", str(copy), "--no-progress", "--resume"])
+    assert refused.exit_code != 0 and "Traceback" not in refused.output
+    assert "made from other inputs (seed: 7 there, 0 now)" in refused.output
+
+
 def test_erf_figures_on_demo_folder(demo_dir, tmp_path):
     result = CliRunner().invoke(figures_main, [str(demo_dir / "probe"), "--out", str(tmp_path), "--format", "svg"])
     assert result.exit_code == 0, result.output

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from parsenet.checkpoint import load_model_from_checkpoint
+from parsenet.checkpoint import load_trained_model
 from parsenet.data import build_dataset
 from parsenet.trainer import evaluate
 
@@ -41,7 +41,7 @@ def test_torchrun_two_cpu_processes_match_a_single_process_evaluation(tmp_path):
     evals = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines() if '"eval"' in x]
     assert len(evals) == 1
 
-    model, _ = load_model_from_checkpoint(out / "last.pt")
+    model = load_trained_model(out / "last.pt").model
     val = build_dataset("scenes", "val", train=False, **DATA)
     single = evaluate(model, val, batch_size=2)
     assert single.pixels == 5 * 32 * 32

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import parsenet.trainer as trainer_mod
-from parsenet.checkpoint import load_checkpoint, load_model_from_checkpoint
+from parsenet.checkpoint import load_checkpoint, load_trained_model
 from parsenet.config import ParseNetConfig
 from parsenet.data import build_dataset
 from parsenet.presets import PRESETS, merge_options, preset
@@ -54,7 +54,7 @@ def test_run_folder_contents(tmp_path):
 
 def test_logged_metrics_match_a_fresh_evaluation_and_batching_does_not_matter(tmp_path):
     summary = train(tiny(tmp_path / "run", steps=2))
-    model, info = load_model_from_checkpoint(tmp_path / "run" / "last.pt")
+    model = load_trained_model(tmp_path / "run" / "last.pt").model
     val = build_dataset("scenes", "val", train=False, **TINY_DATA)
     one = evaluate(model, val, batch_size=1)
     many = evaluate(model, val, batch_size=4)

@@ -15,12 +15,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from erf.images import IMAGENET_MEAN, IMAGENET_STD  # VGG16's (torchvision's weights), unless a dataset says otherwise
+
 __all__ = ["DatasetInfo", "SegmentationDataset", "voc_palette", "read_image", "read_label_png",
            "IMAGENET_MEAN", "IMAGENET_STD", "IGNORE_INDEX"]
 
-# Normalisation of ImageNet-pretrained VGG16 (torchvision's weights), used unless a dataset says otherwise.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 # "Void" in every label map we produce (PASCAL VOC's boundary value).
 IGNORE_INDEX = 255
 _INVALID = -1  # marks raw label values that are neither a class nor ignored

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from typing import Any
 
 import torch
 from torch import nn
@@ -122,13 +123,17 @@ class TruncatedModel(nn.Module):
                 out = stop.value
             else:  # pragma: no cover - the hook always fires when the layer is on the path
                 raise RuntimeError(f"layer {self.layer!r} was not reached by the forward pass")
+        return self.as_map(out, tuple(x.shape[-2:]))
+
+    def as_map(self, out: Any, size: tuple[int, int]) -> torch.Tensor:
+        """The layer's raw output as :meth:`forward` returns it, (B, C, h, w), for an input of ``size`` (H, W)."""
         if isinstance(out, (tuple, list)):
             out = out[0]
         if out.dim() == 2:
             out = out[:, :, None, None]
         elif out.dim() == 3:
-            out = self._tokens_to_map(out, tuple(x.shape[-2:]))
-        elif out.dim() == 4 and _channels_last(out.shape, tuple(x.shape[-2:])):
+            out = self._tokens_to_map(out, size)
+        elif out.dim() == 4 and _channels_last(out.shape, size):
             out = out.permute(0, 3, 1, 2)  # (B, h, w, C) -> (B, C, h, w)
         if out.dim() != 4:
             raise ValueError(f"layer {self.layer!r} gives a {out.dim()}-D output; expected (B, C, h, w), "

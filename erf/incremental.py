@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
+from erf._fx import call_node, op_kind
 from erf._probe import to_device
 from erf.graph import TruncatedModel
 
@@ -242,29 +243,13 @@ def _paste(clean: Tensor, region: _Region, *, vectorized: bool = False) -> Tenso
     return _window(clean, region, zero, zero, H, W, vectorized=vectorized)
 
 
-# --------------------------------------------------------------------------- op tables
+# --------------------------------------------------------------------------- ops beyond erf._fx's tables
 
-_POINTWISE_MODULES = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
-    nn.Sigmoid, nn.Tanh, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.Softplus, nn.Identity,
-    nn.Dropout, nn.Dropout2d, nn.AlphaDropout, nn.LocalResponseNorm,
-)
-_POINTWISE_FUNCTIONS = {
-    F.relu, torch.relu, F.relu6, F.leaky_relu, F.elu, F.gelu, F.silu, F.hardswish, F.hardsigmoid,
-    F.hardtanh, F.softplus, torch.sigmoid, torch.tanh, F.sigmoid, F.tanh, torch.clamp, torch.exp,
-    torch.abs, torch.sqrt, torch.rsqrt, torch.square, torch.pow, operator.pow, F.dropout, F.dropout2d,
-    torch.neg, operator.neg,
-}
-_POINTWISE_METHODS = {"relu", "sigmoid", "tanh", "clamp", "abs", "exp", "sqrt", "rsqrt", "pow", "contiguous",
-                      "neg", "square", "float", "to"}
 # Pointwise in space when they act over channels only (dim 1 of a (B, C, H, W) map), e.g. an L2 norm.
 _CHANNEL_FUNCTIONS = {F.normalize: 2, F.softmax: 1, F.log_softmax: 1, torch.softmax: 1, torch.sum: 1,
                       torch.mean: 1, torch.amax: 1, torch.amin: 1, torch.norm: 2}  # -> position of ``dim``
 _CHANNEL_METHODS = {"sum": 0, "mean": 0, "amax": 0, "amin": 0, "norm": 1, "softmax": 0, "log_softmax": 0}
-_BINARY_FUNCTIONS = {operator.add, operator.sub, operator.mul, operator.truediv, torch.add, torch.sub,
-                     torch.mul, torch.div, torch.maximum, torch.minimum}
-_BINARY_METHODS = {"add", "sub", "mul", "div"}
-_MEAN_FUNCTIONS = {torch.mean}
+_INPLACE_FUNCTIONS = {operator.iadd, operator.isub, operator.imul, operator.itruediv}
 
 
 def _dim_arg(node: fx.Node, position: int, default: Any) -> Any:
@@ -363,25 +348,9 @@ class IncrementalOcclusion:
 
     def _execute(self, node: fx.Node, args: tuple, kwargs: dict, *, owned: bool = False) -> Any:
         """Run one node on concrete arguments; an in-place op gets a copy unless we own its input."""
-        inplace = (
-            (node.op == "call_module" and getattr(self._modules[node.target], "inplace", False))
-            or (node.op == "call_function" and kwargs.get("inplace", False))
-            or (node.op == "call_method" and node.target.endswith("_"))
-        )
-        if inplace and not owned and args and isinstance(args[0], Tensor):
+        if _inplace(node, self._modules, kwargs) and not owned and args and isinstance(args[0], Tensor):
             args = (args[0].clone(),) + tuple(args[1:])
-        if node.op == "call_module":
-            return self._modules[node.target](*args, **kwargs)
-        if node.op == "call_function":
-            return node.target(*args, **kwargs)
-        if node.op == "call_method":
-            return getattr(args[0], node.target)(*args[1:], **kwargs)
-        if node.op == "get_attr":
-            value = self.body.body
-            for part in node.target.split("."):
-                value = getattr(value, part)
-            return value
-        raise AssertionError(f"unexpected node op {node.op}")  # pragma: no cover
+        return call_node(self.body.body, node, args, kwargs)
 
     def _clean_pass(self, image: Tensor) -> dict[fx.Node, Any]:
         values: dict[fx.Node, Any] = {}
@@ -389,8 +358,7 @@ class IncrementalOcclusion:
             if node.op == "placeholder":
                 values[node] = image
             elif node.op == "output":
-                values[node] = _as_map(node.args[0]["out"] if isinstance(node.args[0], dict) else node.args[0],
-                                       values)
+                values[node] = self.body.as_map(values[_output_target(node)], tuple(image.shape[-2:]))
             else:
                 args = fx.node.map_arg(node.args, values.__getitem__)
                 kwargs = fx.node.map_arg(node.kwargs, values.__getitem__)
@@ -556,27 +524,21 @@ class IncrementalOcclusion:
         return self._kinds[node]
 
     def _classify(self, node: fx.Node) -> str:
+        """:func:`erf._fx.op_kind`, narrowed to what the incremental steps can run on a crop."""
         out = self._clean[node]
-        dependent_tensors = [a for a in node.all_input_nodes if a in self._dependent]
         if not isinstance(out, Tensor) or out.dim() != 4:
             return self._kind_gap(node) if isinstance(out, Tensor) else "generic"
+        kind = op_kind(node, self.body.body)
         if node.op == "call_module":
             m = self._modules[node.target]
-            if isinstance(m, nn.Conv2d) and m.padding_mode == "zeros" and not isinstance(m.padding, str):
+            if kind == "window" and _window_module(m):
                 return "window"
-            if isinstance(m, nn.MaxPool2d) and not m.return_indices:
-                return "window"
-            if isinstance(m, nn.AvgPool2d):
-                return "window"
-            if isinstance(m, nn.BatchNorm2d) and m.running_mean is not None:
-                return "pointwise"
-            if isinstance(m, _POINTWISE_MODULES):
+            if kind == "pointwise" and not _batch_statistics(node, m):
                 return "pointwise"
             return self._kind_gap(node)
+        dependent_tensors = [a for a in node.all_input_nodes if a in self._dependent]
         if len(dependent_tensors) == 1 and node.args and node.args[0] is dependent_tensors[0]:
-            if node.op == "call_function" and node.target in _POINTWISE_FUNCTIONS:
-                return "pointwise"
-            if node.op == "call_method" and node.target in _POINTWISE_METHODS:
+            if kind == "pointwise" and not _batch_statistics(node, None):
                 return "pointwise"
             dim = None
             if node.op == "call_function" and node.target in _CHANNEL_FUNCTIONS:
@@ -587,8 +549,7 @@ class IncrementalOcclusion:
                 dim = dim[0]
             if isinstance(dim, int) and dim % 4 == 1:
                 return "pointwise"
-        if (node.op == "call_function" and node.target in _BINARY_FUNCTIONS) or (
-                node.op == "call_method" and node.target in _BINARY_METHODS):
+        if kind == "binary":
             return "binary" if self._binary_ok(node) else "generic"
         if node.op == "call_function" and node.target is torch.cat:
             tensors = node.args[0]
@@ -613,7 +574,7 @@ class IncrementalOcclusion:
             if _dim_arg(node, 1, None) in (1, (1, 1)) or node.kwargs.get("output_size") in (1, (1, 1)):
                 return "gap"
         if (node.op == "call_method" and node.target == "mean") or (
-                node.op == "call_function" and node.target in _MEAN_FUNCTIONS):
+                node.op == "call_function" and node.target is torch.mean):
             if _is_spatial_dims(_dim_arg(node, 1, None)) and "dtype" not in node.kwargs:
                 return "gap"
         return "generic"
@@ -653,8 +614,8 @@ class IncrementalOcclusion:
             if node.op == "placeholder":
                 env[node] = first
             elif node.op == "output":
-                target = node.args[0]["out"] if isinstance(node.args[0], dict) else node.args[0]
-                return _as_map(target, {target: self._materialize(target, env[target], P)})
+                target = _output_target(node)
+                return self.body.as_map(self._materialize(target, env[target], P), tuple(self.image.shape[-2:]))
             elif node not in self._dependent:
                 env[node] = CLEAN
             else:
@@ -793,11 +754,38 @@ class IncrementalOcclusion:
         return _Full(out)
 
 
-def _as_map(target: Any, values: dict) -> Tensor:
-    """The traced body's output as TruncatedModel.forward shapes it: first of a tuple, (B, C) -> (B, C, 1, 1)."""
-    out = fx.node.map_arg(target, values.__getitem__) if isinstance(target, (fx.Node, tuple, list)) else target
-    if isinstance(out, (tuple, list)):
-        out = out[0]
-    if out.dim() == 2:
-        out = out[:, :, None, None]
-    return out
+def _output_target(node: fx.Node) -> Any:
+    """What the output node returns: the ``"out"`` entry of a feature extractor's dict, or the value itself."""
+    return node.args[0]["out"] if isinstance(node.args[0], dict) else node.args[0]
+
+
+def _window_module(m: nn.Module) -> bool:
+    """A Conv2d / MaxPool2d / AvgPool2d whose geometry :class:`_Axis` reads (zero padding given in pixels)."""
+    if isinstance(m, nn.Conv2d):
+        return m.padding_mode == "zeros" and not isinstance(m.padding, str)
+    if isinstance(m, nn.MaxPool2d):
+        return not m.return_indices
+    return isinstance(m, nn.AvgPool2d)
+
+
+def _batch_statistics(node: fx.Node, module: nn.Module | None) -> bool:
+    """BatchNorm that normalises with the batch's own statistics (no running ones, or ``training=True``):
+    every position's output then depends on the whole batch, so it is not pointwise."""
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return module.running_mean is None
+    if node.op == "call_function" and node.target is F.batch_norm:
+        running_mean = node.kwargs.get("running_mean", node.args[1] if len(node.args) > 1 else None)
+        training = node.kwargs.get("training", node.args[5] if len(node.args) > 5 else False)
+        return running_mean is None or bool(training)
+    return False
+
+
+def _inplace(node: fx.Node, modules: dict[str, nn.Module], kwargs: dict) -> bool:
+    """Whether running ``node`` overwrites its first argument (``ReLU(inplace=True)``, ``relu_``, ``+=``)."""
+    if node.op == "call_module":
+        return bool(getattr(modules[node.target], "inplace", False))
+    if node.op == "call_function":
+        name = getattr(node.target, "__name__", "")
+        return (bool(kwargs.get("inplace", False)) or node.target in _INPLACE_FUNCTIONS
+                or (name.endswith("_") and not name.startswith("__")))
+    return node.op == "call_method" and node.target.endswith("_") and not node.target.startswith("__")

@@ -6,7 +6,7 @@ exact and incremental with :mod:`erf.incremental`) and the gradient ERF of
 Luo et al. 2016 (:mod:`erf.gradient`), summarised by :mod:`erf.stats` and
 stored as :class:`erf.result.ERFResult`.
 """
-from erf.gradient import probe_gradient
+from erf.gradient import GradientConfig, probe_gradient
 from erf.graph import TruncatedModel, layer_channels, layer_names, resolve_layer, truncate
 from erf.distributed import ProcessShard, join_process_group, shard_indices
 from erf.images import IMAGENET_MEAN, IMAGENET_STD, ImageSet, images_from_dataset, load_images
@@ -27,7 +27,7 @@ __all__ = [
     "ImageSet", "load_images", "images_from_dataset", "IMAGENET_MEAN", "IMAGENET_STD",
     "probe_occlusion", "OcclusionConfig", "occluder_positions", "make_patches", "select_units", "FullReinference",
     "IncrementalOcclusion", "MacCount", "ENGINES", "NOISE_KINDS", "PRECISIONS",
-    "probe_gradient",
+    "probe_gradient", "GradientConfig",
     "ProbeSettings", "run_probe",
     "ProcessShard", "join_process_group", "shard_indices",
     "ERFStats", "GaussianFit", "erf_stats", "fit_gaussian", "centered_square", "threshold_area", "ERFResult",

@@ -11,6 +11,7 @@ one map re-centred on the output's TRF centre on a 2H x 2W canvas
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -22,7 +23,92 @@ from erf._probe import as_images as _as_images, center_unit as _center_unit, che
 from erf._probe import check_neuron, ieee_fp32, preserved_modes, private_body, fingerprint_model as _fingerprint_model, pair as _pair
 from erf.result import ERFResult, build_result, recenter, rf_to_dict
 
-__all__ = ["probe_gradient"]
+__all__ = ["probe_gradient", "GradientConfig"]
+
+
+@dataclass(frozen=True)
+class GradientConfig:
+    """Every setting of a gradient probe (Luo et al. 2016) beyond the model, layer and inputs.
+
+    Args:
+        noise_inputs: number of N(0, 1) noise images to average over as well (drawn from ``seed``).
+        inits: number of random initialisations (needs a model factory).
+        seed: seed of the noise images and the initialisations.
+        threshold: fraction of the max for the thresholded ERF size.
+        batch_size: inputs per backward pass.
+
+    Example:
+        >>> GradientConfig(noise_inputs=8, inits=3).to_dict(position=[3, 3], device="cpu", real_images=0)["inits"]
+        3
+    """
+
+    noise_inputs: int = 0
+    inits: int = 1
+    seed: int = 0
+    threshold: float = 0.5
+    batch_size: int = 16
+
+    def __post_init__(self):
+        for what, value, least in (("noise_inputs", self.noise_inputs, 0), ("inits", self.inits, 1),
+                                   ("batch_size", self.batch_size, 1)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                raise ValueError(f"{what}={value!r}; expected an integer >= {least}")
+        if not 0.0 <= self.threshold < 1.0:
+            raise ValueError(f"threshold={self.threshold!r}; expected a fraction of the max in [0, 1)")
+
+    def to_dict(self, *, position, device: str, real_images: int) -> dict:
+        """The result's ``config``: the settings plus the run's facts, in the order results have always had."""
+        return {"method": "gradient", "position": position, "noise_inputs": self.noise_inputs, "inits": self.inits,
+                "seed": int(self.seed), "threshold": float(self.threshold), "batch_size": int(self.batch_size),
+                "device": device, "real_images": real_images}
+
+
+class _GradientAccumulator:
+    """Sums of ``sum_rgb |d out / d input|`` over inits x inputs, per real image, and the real images' target values.
+
+    Each input is pushed once per initialisation, on exactly one rank, so merging is a sum.
+    """
+
+    def __init__(self, N: int, image_size: tuple[int, int], inits: int):
+        self.inits = inits
+        self.total = torch.zeros(image_size, dtype=torch.float64)  # (H, W): over inits x inputs
+        self.per_image = torch.zeros((N,) + tuple(image_size), dtype=torch.float64)  # (N, H, W): over inits
+        self.values = torch.zeros(N, dtype=torch.float64)  # (N,): target activation under the first init
+        self.count = 0
+
+    def push(self, idx: torch.Tensor, contrib: torch.Tensor, picked: torch.Tensor, first_init: bool) -> None:
+        """One batch: global input indices (B,), their maps (B, H, W) and target values (B,); reals come first."""
+        self.total += contrib.sum(0)
+        self.count += len(idx)
+        real = idx < len(self.values)  # (B,)
+        self.per_image[idx[real]] += contrib[real]
+        if first_init:
+            self.values[idx[real]] = picked[real]
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return {"total": self.total.numpy(), "per_image": self.per_image.numpy(), "values": self.values.numpy(),
+                "count": np.array(self.count)}
+
+    def load_state_dict(self, arrays: dict[str, np.ndarray]) -> None:
+        self.total, self.per_image, self.values = (torch.from_numpy(np.array(arrays[k]))
+                                                   for k in ("total", "per_image", "values"))
+        self.count = int(arrays["count"])
+
+    def merge(self, parts: list[dict[str, np.ndarray]]) -> None:
+        self.load_state_dict({k: sum(np.asarray(p[k]) for p in parts) for k in parts[0]})
+
+    def finalize(self, rf, target: tuple, names: list[str], **common) -> ERFResult:
+        c, y, x = target
+        N = len(names)
+        top, left, bottom, right = rf.box(y, x, clip=True)
+        mean_map = (self.total / self.count).numpy().astype(np.float32)  # (H, W)
+        return build_result(
+            method="gradient", mode="position" if c is None else "neuron", images=list(names),
+            units=np.array([-1 if c is None else c]), maps=recenter(mean_map, rf.center(y, x))[None],
+            trf_areas=np.array([float((bottom - top) * (right - left))]), topk_images=np.arange(N)[None],
+            topk_locations=np.tile(np.array([y, x])[None, None], (1, N, 1)), topk_values=self.values.numpy()[None],
+            image_maps=(self.per_image / self.inits).numpy().astype(np.float32) if N else None,
+            neuron=None if c is None else (c, y, x), **common)
 
 
 def _build_models(model, inits: int, seed: int) -> list[nn.Module]:
@@ -64,6 +150,7 @@ def probe_gradient(
     rank: int = 0,
     world_size: int = 1,
     protocol: str = "luo",
+    config: GradientConfig | None = None,
 ) -> ERFResult | None:
     """Gradient ERF of one output position or neuron of ``layer`` (Luo et al. 2016).
 
@@ -89,6 +176,8 @@ def probe_gradient(
             by the global input count (:mod:`erf.distributed`).
         protocol: ``"luo"`` (this docstring) or ``"replknet"``: RepLKNet's protocol
             (:func:`erf.replknet.probe_replknet`; ``input_size`` is its resize side, default 1024).
+        config: a :class:`GradientConfig`; when given it replaces ``noise_inputs``, ``inits``, ``seed``,
+            ``threshold`` and ``batch_size``.
 
     Returns:
         :class:`erf.result.ERFResult` with ``maps`` (1, 2H, 2W): the mean of ``sum_rgb |grad|`` over
@@ -107,96 +196,61 @@ def probe_gradient(
         return replknet_from_gradient_args(protocol, model, layer, images, names=names, input_size=input_size,
                                            batch_size=batch_size, device=device, rf=rf, model_name=model_name,
                                            world_size=world_size)
-    if not isinstance(noise_inputs, int) or noise_inputs < 0:
-        raise ValueError(f"noise_inputs={noise_inputs!r}; expected an integer >= 0")
-    if not isinstance(inits, int) or inits < 1:
-        raise ValueError(f"inits={inits!r}; expected an integer >= 1")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size={batch_size!r}; expected an integer >= 1")
-    if not 0.0 <= threshold < 1.0:
-        raise ValueError(f"threshold={threshold!r}; expected a fraction of the max in [0, 1)")
+    cfg = config or GradientConfig(noise_inputs, inits, seed, threshold, batch_size)
     check_shard(rank, world_size)
-    if images is None:
-        if noise_inputs == 0 or input_size is None:
-            raise ValueError("no inputs: expected images, or noise_inputs > 0 with input_size=(H, W)")
-        real, names = torch.zeros(0, 3, *_pair(input_size, "input_size")), []
-    else:
-        real, names = _as_images(images, names)
-        if input_size is not None and _pair(input_size, "input_size") != tuple(real.shape[-2:]):
-            raise ValueError(f"input_size={input_size!r} differs from the images' {tuple(real.shape[-2:])}; "
-                             "expected the same size (or leave input_size out)")
+    real, names = _real_images(images, names, input_size, cfg.noise_inputs)
     N, _, H, W = real.shape
-    gen = torch.Generator().manual_seed(seed)
-    noise = torch.randn(noise_inputs, 3, H, W, generator=gen)  # (M, 3, H, W)
+    noise = torch.randn(cfg.noise_inputs, 3, H, W, generator=torch.Generator().manual_seed(cfg.seed))  # (M, 3, H, W)
     inputs = torch.cat([real, noise])  # (N + M, 3, H, W): real images first
     mine = torch.tensor(shard_indices(len(inputs), rank, world_size), dtype=torch.long)  # this rank's inputs
-
-    models = _build_models(model, inits, seed)
+    models = _build_models(model, cfg.inits, cfg.seed)
     layer = resolve_layer(models[0], layer)
-    if device is None:
-        device = next(iter(models[0].parameters()), torch.empty(0)).device
-    device = torch.device(device)
+    device = torch.device(device if device is not None else next(iter(models[0].parameters()), torch.empty(0)).device)
     if rf is None:
         from erf.rf import receptive_field
 
         rf = receptive_field(models[0], layer, (H, W))
-
-    total = torch.zeros(H, W, dtype=torch.float64)  # sum over inits x inputs of sum_rgb |grad|
-    per_image = torch.zeros(N, H, W, dtype=torch.float64)  # (N, H, W): real images, summed over inits
-    values = torch.zeros(N, dtype=torch.float64)  # target activation on each real image (first init)
-    target = None
-    fingerprints = []
+    acc, target, fingerprints = _GradientAccumulator(N, (H, W), len(models)), None, []
     with ieee_fp32(device):  # TF32 off on CUDA: a GPU user gets a CPU user's numbers
         for m_i, net in enumerate(models):
             with preserved_modes(net):  # the caller's model keeps its device and modes: the probe runs a copy
                 body = private_body(net, layer, device)
             fingerprints.append(_fingerprint_model(body))
-            for b0 in range(0, len(mine), batch_size):
-                idx = mine[b0:b0 + batch_size]  # (B,): global input indices
+            for b0 in range(0, len(mine), cfg.batch_size):
+                idx = mine[b0:b0 + cfg.batch_size]  # (B,): global input indices
                 x = inputs[idx].to(device).requires_grad_(True)  # (B, 3, H, W)
                 out = body(x)  # (B, C, h, w)
                 i0 = int(idx[0])
                 _check_finite(out, layer, "input " + (names[i0] if i0 < N else f"noise #{i0 - N}"))
-                if target is None:
-                    target = _target(neuron, position, tuple(out.shape[1:]), layer, rf, (H, W))
+                target = target or _target(neuron, position, tuple(out.shape[1:]), layer, rf, (H, W))
                 c, y, xx = target
                 picked = out[:, :, y, xx].sum(1) if c is None else out[:, c, y, xx]  # (B,)
                 (grad,) = torch.autograd.grad(picked.sum(), x)  # samples are independent: one backward per batch
-                contrib = grad.abs().sum(1).double().cpu()  # (B, H, W): summed over colour channels
-                total += contrib.sum(0)
-                is_real = idx < N  # (B,): real images come first in ``inputs``
-                if is_real.any():
-                    per_image[idx[is_real]] += contrib[is_real]
-                    if m_i == 0:
-                        values[idx[is_real]] = picked[is_real.to(picked.device)].detach().double().cpu()
-
+                acc.push(idx, grad.abs().sum(1).double().cpu(), picked.detach().double().cpu(), m_i == 0)  # (B, H, W)
     if world_size > 1:  # rank 0 adds the partial sums; each real image was on exactly one rank
-        parts = gather_to_main((total, per_image, values), rank, world_size)
+        parts = gather_to_main(acc.state_dict(), rank, world_size)
         if rank != 0:
             return None
-        total = sum(p[0] for p in parts)
-        per_image = sum(p[1] for p in parts)
-        values = sum(p[2] for p in parts)
-    mean_map = (total / (len(models) * len(inputs))).numpy().astype(np.float32)  # (H, W)
+        acc.merge(parts)
     c, y, xx = target
-    center = rf.center(y, xx)
-    top, left, bottom, right = rf.box(y, xx, clip=True)
     fp = fingerprints[0][0] if len(models) == 1 else [f for f, _ in fingerprints]
-    config = {
-        "method": "gradient", "position": [y, xx] if c is None else None, "noise_inputs": noise_inputs,
-        "inits": inits, "seed": int(seed), "threshold": float(threshold), "batch_size": int(batch_size),
-        "device": str(device), "real_images": N,
-    }
-    return build_result(
-        method="gradient", mode="position" if c is None else "neuron", layer=layer, image_size=(H, W),
-        config=config, model={"name": model_name or type(models[0]).__name__, "fingerprint": fp,
-                              "parameters": fingerprints[0][1]},
-        images=list(names), trf=rf_to_dict(rf), units=np.array([-1 if c is None else c]),
-        maps=recenter(mean_map, center)[None], trf_areas=np.array([float((bottom - top) * (right - left))]),
-        topk_images=np.arange(N)[None], topk_locations=np.tile(np.array([y, xx])[None, None], (1, N, 1)),
-        topk_values=values.numpy()[None], image_maps=(per_image / len(models)).numpy().astype(np.float32) if N
-        else None, neuron=None if c is None else (c, y, xx), threshold=threshold,
-    )
+    return acc.finalize(rf, target, names, layer=layer, image_size=(H, W), threshold=cfg.threshold,
+                        config=cfg.to_dict(position=[y, xx] if c is None else None, device=str(device), real_images=N),
+                        model={"name": model_name or type(models[0]).__name__, "fingerprint": fp,
+                               "parameters": fingerprints[0][1]}, trf=rf_to_dict(rf))
+
+
+def _real_images(images, names, input_size, noise_inputs: int) -> tuple[torch.Tensor, list[str]]:
+    """The real images (N, 3, H, W) and their names; with no images, an empty batch of ``input_size``."""
+    if images is None:
+        if noise_inputs == 0 or input_size is None:
+            raise ValueError("no inputs: expected images, or noise_inputs > 0 with input_size=(H, W)")
+        return torch.zeros(0, 3, *_pair(input_size, "input_size")), []
+    real, names = _as_images(images, names)
+    if input_size is not None and _pair(input_size, "input_size") != tuple(real.shape[-2:]):
+        raise ValueError(f"input_size={input_size!r} differs from the images' {tuple(real.shape[-2:])}; "
+                         "expected the same size (or leave input_size out)")
+    return real, names
 
 
 def _target(neuron, position, shape, layer, rf, image_size) -> tuple[int | None, int, int]:

@@ -6,7 +6,7 @@ import torch
 from scipy.signal import convolve2d
 from torch import nn
 
-from erf.gradient import probe_gradient
+from erf.gradient import GradientConfig, probe_gradient
 from erf.result import recenter
 
 
@@ -179,3 +179,45 @@ def test_nan_activation():
         net[0].weight.fill_(float("inf"))
     with pytest.raises(ValueError, match="layer '1' gives NaN or inf activations on input image_00000"):
         probe_gradient(net, "1", torch.ones(1, 3, 8, 8))
+
+
+def test_gradient_config_is_saved_as_before_and_replaces_the_keywords():
+    """GradientConfig carries the settings; the result's config keeps its keys and order; config= wins."""
+    net = _linear_net()
+    images = torch.randn(2, 3, 8, 8)
+    by_keywords = probe_gradient(net, "1", images, noise_inputs=1, seed=3, threshold=0.4, batch_size=2)
+    by_config = probe_gradient(net, "1", images, config=GradientConfig(noise_inputs=1, seed=3, threshold=0.4,
+                                                                       batch_size=2))
+    np.testing.assert_array_equal(by_config.maps, by_keywords.maps)
+    assert list(by_config.config) == ["method", "position", "noise_inputs", "inits", "seed", "threshold",
+                                      "batch_size", "device", "real_images"]
+    assert by_config.config == by_keywords.config
+    assert (by_config.config["noise_inputs"], by_config.config["seed"], by_config.config["real_images"]) == (1, 3, 2)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"inits": 0}, "inits=0; expected an integer >= 1"),
+    ({"batch_size": 0}, "batch_size=0; expected an integer >= 1"),
+    ({"threshold": 1.0}, r"threshold=1.0; expected a fraction of the max in \[0, 1\)"),
+])
+def test_gradient_config_checks(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        GradientConfig(**kwargs)
+
+
+def test_gradient_accumulator_merge_is_the_sum_of_its_parts():
+    from erf.gradient import _GradientAccumulator
+
+    contrib = torch.arange(3 * 2 * 2, dtype=torch.float64).reshape(3, 2, 2)  # (B, H, W): inputs 0, 1 (real), 2
+    whole = _GradientAccumulator(2, (2, 2), inits=1)
+    whole.push(torch.tensor([0, 1, 2]), contrib, torch.tensor([5.0, 6.0, 7.0], dtype=torch.float64), True)
+    parts = []
+    for idx in ([0, 2], [1]):  # two ranks, interleaved inputs
+        part = _GradientAccumulator(2, (2, 2), inits=1)
+        part.push(torch.tensor(idx), contrib[idx], torch.tensor([5.0, 6.0, 7.0], dtype=torch.float64)[idx], True)
+        parts.append(part.state_dict())
+    merged = _GradientAccumulator(2, (2, 2), inits=1)
+    merged.merge(parts)
+    assert merged.count == 3 and merged.values.tolist() == [5.0, 6.0]
+    assert merged.total.tolist() == [[12.0, 15.0], [18.0, 21.0]]  # 0+4+8, 1+5+9, 2+6+10, 3+7+11
+    torch.testing.assert_close(merged.per_image, contrib[:2])

@@ -21,7 +21,7 @@ from erf.distributed import check_shard, gather_to_main, shard_indices
 from erf.graph import resolve_layer
 from erf._probe import as_images as _as_images, center_unit as _center_unit, check_finite as _check_finite
 from erf._probe import check_neuron, ieee_fp32, preserved_modes, private_body, fingerprint_model as _fingerprint_model, pair as _pair
-from erf.result import ERFResult, build_result, recenter, rf_to_dict
+from erf.result import ERFResult, build_result, recenter
 
 __all__ = ["probe_gradient", "GradientConfig"]
 
@@ -237,7 +237,7 @@ def probe_gradient(
     return acc.finalize(rf, target, names, layer=layer, image_size=(H, W), threshold=cfg.threshold,
                         config=cfg.to_dict(position=[y, xx] if c is None else None, device=str(device), real_images=N),
                         model={"name": model_name or type(models[0]).__name__, "fingerprint": fp,
-                               "parameters": fingerprints[0][1]}, trf=rf_to_dict(rf))
+                               "parameters": fingerprints[0][1]}, trf=rf)
 
 
 def _real_images(images, names, input_size, noise_inputs: int) -> tuple[torch.Tensor, list[str]]:

@@ -44,7 +44,7 @@ from erf._probe import MEMORY_FORMATS, pair as _pair
 from erf.distributed import check_shard, gather_to_main, merge_disjoint, merge_topk, rank_state_path, shard_indices
 from erf.graph import resolve_layer
 from erf.incremental import IncrementalOcclusion
-from erf.result import ERFResult, build_result, recenter, rf_to_dict
+from erf.result import ERFResult, build_result, recenter
 from erf.util import unknown_name
 
 __all__ = [
@@ -832,7 +832,7 @@ def probe_occlusion(
                         method="occlusion", layer=setup["layer"], image_size=tuple(images.shape[-2:]),
                         config=run_config, model={"name": model_name or type(model).__name__,
                                                   "fingerprint": setup["fingerprint"], "parameters": setup["n_params"]},
-                        trf=rf_to_dict(sweep.rf), units=np.array(setup["units"]), threshold=cfg.threshold)
+                        trf=sweep.rf, units=np.array(setup["units"]), threshold=cfg.threshold)
 
 
 def _setup(model, layer, images, names, cfg: OcclusionConfig, units, neuron, device, rf, rank, world_size,

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from erf.graph import resolve_layer, truncate
-from erf.result import ERFResult, build_result, recenter, rf_to_dict
+from erf.result import ERFResult, build_result, recenter
 
 __all__ = ["REPLKNET_THRESHOLDS", "REPLKNET_INPUT_SIZE", "contribution_scores", "log_scale", "area_ratios", "probe_replknet",
            "format_area_ratios"]
@@ -191,7 +191,7 @@ def probe_replknet(
     }
     return build_result(
         method="gradient", mode="position", layer=layer, image_size=(S, S), config=config,
-        model={"name": model_name or type(model).__name__}, images=names, trf=rf_to_dict(rf),
+        model={"name": model_name or type(model).__name__}, images=names, trf=rf,
         units=np.array([-1]), maps=recenter(scores.astype(np.float32), center)[None],
         trf_areas=np.array([float((bottom - top) * (right - left))]),
         topk_images=np.arange(len(images))[None], topk_locations=np.tile(np.array([cy, cx])[None, None],

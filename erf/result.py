@@ -29,17 +29,18 @@ import io
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field, is_dataclass
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 
 import numpy as np
 
+from erf.rf import LayerRF
 from erf.stats import (FAR_FRACTION, MASS_LEVELS, ERFStats, bootstrap_means, erf_stats, percentile_interval,
                        reach_from_sums, reach_sums, summarize)
 from erf.util import atomic_write
 
-__all__ = ["FORMAT_VERSION", "ERFResult", "recenter", "canvas_anchor", "rf_to_dict", "build_result", "REACH_CI",
-           "reach_replicates"]
+__all__ = ["FORMAT_VERSION", "ERFResult", "recenter", "canvas_anchor", "rf_to_dict", "rf_from_dict", "build_result",
+           "REACH_CI", "reach_replicates"]
 
 FORMAT_VERSION = 2
 _READABLE_VERSIONS = (1, 2)  # 1: before the optional per-image top-K arrays existed
@@ -86,6 +87,26 @@ def rf_to_dict(rf) -> dict:
     return json.loads(json.dumps(d, default=lambda v: list(v) if isinstance(v, tuple) else float(v)))
 
 
+def rf_from_dict(d: dict) -> LayerRF:
+    """The :class:`erf.rf.LayerRF` that :func:`rf_to_dict` wrote (lists back to tuples; later fields default).
+
+    Example:
+        >>> r = receptive_field(torchvision.models.vgg16(), "features.30", 224)
+        >>> rf_from_dict(rf_to_dict(r)) == r
+        True
+    """
+    if isinstance(d, LayerRF):
+        return d
+    names = {f.name for f in fields(LayerRF)}
+    required = [f.name for f in fields(LayerRF) if f.default is MISSING]
+    missing = [k for k in required if k not in d]
+    unknown = sorted(set(d) - names)
+    if missing or unknown:
+        raise ValueError(f"trf {d!r} lacks {', '.join(missing) or 'nothing'} and has unknown "
+                         f"{', '.join(unknown) or 'nothing'}; expected the fields of erf.rf.LayerRF")
+    return LayerRF(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
 def _jsonify(obj):
     """Round-trip through JSON so save/load gives back exactly what was stored (tuples become lists)."""
     def default(v):
@@ -112,7 +133,7 @@ class ERFResult:
         model: the model's identity: ``name``, ``fingerprint`` (SHA-256 of the weights that reach the layer),
             ``parameters``.
         images: the image names; indices in ``topk_images`` refer to this list.
-        trf: the layer's theoretical RF (``erf.rf.LayerRF`` as a dict).
+        trf: the layer's theoretical RF (stored in ``summary.json`` as :func:`rf_to_dict` writes it).
         units: (U,) int channel indices.
         maps: (U, 2H, 2W) float32 re-centred ERF map per unit (see the module docstring for the canvas).
         layer_map: (2H, 2W) float32 mean of the non-empty unit maps.
@@ -141,7 +162,7 @@ class ERFResult:
     config: dict
     model: dict
     images: list[str]
-    trf: dict
+    trf: LayerRF
     units: np.ndarray
     maps: np.ndarray
     layer_map: np.ndarray
@@ -198,7 +219,7 @@ class ERFResult:
             "format_version": FORMAT_VERSION,
             "method": self.method, "mode": self.mode, "layer": self.layer,
             "image_size": list(self.image_size), "neuron": None if self.neuron is None else list(self.neuron),
-            "summary": self.summary, "layer_stats": self.layer_stats, "trf": self.trf,
+            "summary": self.summary, "layer_stats": self.layer_stats, "trf": rf_to_dict(self.trf),
             "config": self.config, "model": self.model, "images": list(self.images),
             "unit_stats": self.unit_stats,
             "arrays": {k: list(v.shape) for k, v in arrays.items()},
@@ -246,12 +267,19 @@ class ERFResult:
             raise ValueError(f"{str(directory)!r}: result.npz lacks {', '.join(absent)}; expected {', '.join(_ARRAYS)}")
         return cls(
             method=meta["method"], mode=meta["mode"], layer=meta["layer"], image_size=tuple(meta["image_size"]),
-            config=meta["config"], model=meta["model"], images=list(meta["images"]), trf=meta["trf"],
+            config=meta["config"], model=meta["model"], images=list(meta["images"]), trf=_load_trf(meta["trf"], directory),
             unit_stats=meta["unit_stats"], layer_stats=meta["layer_stats"], summary=meta["summary"],
             neuron=None if meta["neuron"] is None else tuple(meta["neuron"]),
             **{k: arrays.get(k) for k in _OPTIONAL_ARRAYS}, **{k: arrays[k] for k in _ARRAYS},
             format_version=int(version),
         )
+
+
+def _load_trf(d: dict, directory: Path) -> LayerRF:
+    try:
+        return rf_from_dict(d)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{str(directory)!r}: summary.json's {exc}; rerun the probe to regenerate it") from None
 
 
 def _reach_samples(method, mode, image_size, maps, image_maps, trf, topk_locations) -> tuple[np.ndarray, str]:
@@ -265,9 +293,9 @@ def _reach_samples(method, mode, image_size, maps, image_maps, trf, topk_locatio
             reach_sums(np.zeros((2 * H, 2 * W)), (H, W), far)[None]
         return rows, "units" if len(rows) > 1 else "none"  # one map: resampling it would fake certainty
     whole = reach_sums(main, (H, W), far)
-    if image_maps is not None and len(image_maps) > 1 and "start" in trf and "jump" in trf:
+    if image_maps is not None and len(image_maps) > 1:
         y, x = (int(v) for v in np.asarray(topk_locations)[0, 0])
-        anchor = canvas_anchor((trf["start"][0] + y * trf["jump"][0], trf["start"][1] + x * trf["jump"][1]))
+        anchor = canvas_anchor((trf.start[0] + y * trf.jump[0], trf.start[1] + x * trf.jump[1]))
         per = np.asarray(image_maps, dtype=np.float64)  # (N, H, W)
         if method == "occlusion":  # the neuron map averages each image's map as a fraction of its peak
             peak = per.reshape(len(per), -1).max(axis=1)
@@ -310,7 +338,7 @@ def build_result(
     config: dict,
     model: dict,
     images: list[str],
-    trf: dict,
+    trf: LayerRF | dict,
     units: np.ndarray,
     maps: np.ndarray,
     trf_areas: np.ndarray,
@@ -326,6 +354,8 @@ def build_result(
 ) -> ERFResult:
     """Compute the statistics of re-centred unit maps (U, 2H, 2W) and assemble an :class:`ERFResult`.
 
+    ``trf`` is the layer's :class:`erf.rf.LayerRF` (or the dict :func:`rf_to_dict` makes of one).
+
     ``trf_areas`` (U,) is each unit's TRF area clipped to the image (averaged over its
     top-K locations). The layer map is the mean of the non-empty unit maps; units
     whose map is all zero (never changed by any occluder) are counted in
@@ -333,6 +363,7 @@ def build_result(
     ``topk_maps`` and ``topk_activations`` are stored as given (see :class:`ERFResult`).
     """
     H, W = image_size
+    trf = rf_from_dict(rf_to_dict(trf))  # a LayerRF of plain numbers, whatever the caller's rf held
     maps = np.asarray(maps, dtype=np.float32)
     nonempty = maps.reshape(len(maps), -1).max(axis=1) > 0  # (U,)
     layer_map = maps[nonempty].mean(axis=0) if nonempty.any() else np.zeros((2 * H, 2 * W), np.float32)
@@ -342,8 +373,7 @@ def build_result(
     layer_trf_area = float(np.mean(trf_areas[nonempty])) if nonempty.any() else float(np.mean(trf_areas))
     layer_stat = erf_stats(layer_map, center=center, trf_area=layer_trf_area, image_area=H * W, threshold=threshold)
     summary = summarize(stats)
-    rf = trf.get("rf", (math.nan, math.nan))
-    trf_side = math.sqrt(float(rf[0]) * float(rf[1])) if isinstance(rf, (list, tuple)) else float(rf)
+    trf_side = math.sqrt(float(trf.rf[0]) * float(trf.rf[1]))
     erf_side = summary["side"]["mean"]
     summary["empty_units"] = int((~nonempty).sum())
     samples, over = _reach_samples(method, mode, (H, W), maps, image_maps, trf, topk_locations)
@@ -364,7 +394,7 @@ def build_result(
     }
     return ERFResult(
         method=method, mode=mode, layer=layer, image_size=(H, W), config=_jsonify(config), model=_jsonify(model),
-        images=list(images), trf=_jsonify(trf), units=np.asarray(units, dtype=np.int64), maps=maps, layer_map=layer_map.astype(np.float32),
+        images=list(images), trf=trf, units=np.asarray(units, dtype=np.int64), maps=maps, layer_map=layer_map.astype(np.float32),
         topk_images=np.asarray(topk_images, dtype=np.int64), topk_locations=np.asarray(topk_locations, np.int64),
         topk_values=np.asarray(topk_values, dtype=np.float64), unit_stats=[s.to_dict() for s in stats],
         layer_stats=layer_stat.to_dict(), summary=_jsonify(_finite_or_none(summary)), image_maps=image_maps,

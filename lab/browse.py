@@ -341,7 +341,7 @@ def _missing(result: ERFResult, has_views: bool) -> list[str]:
     if result.config.get("display_images") == "min-max":
         notes.append("image colours are approximate: the probe got normalised tensors without their mean and std, "
                      "so pixels were stretched per channel")
-    if result.trf.get("is_global"):
+    if result.trf.is_global:
         notes.append("global layer: the TRF is the whole image, so no TRF box is drawn")
     return notes
 
@@ -418,8 +418,8 @@ def _unit_page(layer: _Layer, i: int, views: list[_View] | None, counterpart: tu
         topk = ""
     topk += "".join(f'<p class="note">{html.escape(n)}</p>' for n in _missing(r, views is not None))
     H, W = r.image_size
-    rf = r.trf.get("rf")
-    if r.trf.get("is_global") or not rf:
+    rf = r.trf.rf
+    if r.trf.is_global:
         trf_words = "no TRF box (global layer)"
     elif rf[0] >= 2 * H and rf[1] >= 2 * W:
         trf_words = f"its TRF, {_fmt(rf[0])} px, is larger than the whole picture"
@@ -491,13 +491,13 @@ def _write_layer(dest: Path, layer: _Layer, painter: _Painter, counterparts: dic
     r = layer.result
     (dest / "unit").mkdir(parents=True)
     (dest / "img").mkdir()
-    rf = None if r.trf.get("is_global") else r.trf.get("rf")
+    rf = None if r.trf.is_global else r.trf.rf
     H, W = r.image_size
     layer_cfg = BrowseConfig(tile=painter.cfg.tile, map_side=220, far_fraction=painter.cfg.far_fraction)
     _Painter(layer_cfg).erf_map(r.layer_map, rf, (H, W)).save(dest / "img" / "layer.png")
     all_views = _views(r)
     layer.has_views = all_views is not None
-    jump, start = r.trf.get("jump"), r.trf.get("start")
+    jump, start = r.trf.jump, r.trf.start
     for i, row in enumerate(layer.rows):
         u = row["unit"]
         painter.erf_map(r.maps[i], rf, (H, W)).save(dest / "img" / f"erf_{u}.png")

@@ -31,7 +31,6 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from erf.result import ERFResult
-from erf.rf import LayerRF
 from erf.util import atomic_write
 from figures.context import fig_context_comparison
 from figures.curves import fig_training_curves
@@ -106,10 +105,10 @@ def _side(stats: Mapping) -> float:
 
 def _canvas_trf_box(result: ERFResult) -> tuple[float, float, float, float] | None:
     """The TRF outline on a result's 2H x 2W canvas (the unit's TRF centre sits at (H, W)); None when global."""
-    if result.trf.get("is_global"):
+    if result.trf.is_global:
         return None
     H, W = result.image_size
-    rh, rw = result.trf["rf"]
+    rh, rw = result.trf.rf
     return (H - (rh - 1) / 2, W - (rw - 1) / 2, H + (rh + 1) / 2, W + (rw + 1) / 2)
 
 
@@ -209,7 +208,7 @@ def _unit_panel_rows(results: Mapping[str, ERFResult], per_model: int) -> list[U
         if result.mode != "neuron" or result.display_images is None or result.activations is None:
             continue
         c, y, x = result.neuron
-        rf = LayerRF(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in result.trf.items()})
+        rf = result.trf
         for i in range(min(per_model, len(result.images))):
             rows.append(UnitPanel(image=result.display_images[i], activation=result.activations[i],
                                   theoretical_rf=rf.box(y, x), erf_map=result.image_maps[i],
@@ -258,7 +257,7 @@ def make_figures(results: Mapping[str, ERFResult], runs: Mapping[str, Path], *,
              for m, r in models.items()},
             size_label="90% mass" if reach_known else "ERF",
             extent_boxes={m: _mass_box(r) for m, r in models.items()} if reach_known else None,
-            trf_box=None if any(r.trf.get("is_global") for r in models.values())
+            trf_box=None if any(r.trf.is_global for r in models.values())
             else _shift_box(_canvas_trf_box(first), first),
             threshold=float(first.config.get("threshold", 0.5)),
             colorbar_label=("|d out / d input|, linear" if method == "gradient"

@@ -137,7 +137,7 @@ def answer_sentences(results: Mapping[tuple[str, str, str], ERFResult], without:
         out.append(f"{layer} ({method}): {how}, {c['far_with']:.2f} against {c['far_without']:.2f} "
                    f"({c['far_diff']:+.2f}{fci}){side}{peak}.")
         global_layers += [f"{m}'s {layer}" for m, r in ((without, a), (with_, b))
-                          if r.trf.get("is_global") and f"{m}'s {layer}" not in global_layers]
+                          if r.trf.is_global and f"{m}'s {layer}" not in global_layers]
     if saturated:
         out.append(f"Where a 90%-mass side comes near the image side ({math.sqrt(H * W):.0f} px) the contribution "
                    "covers the whole image, and that side can no longer tell the models apart.")
@@ -195,7 +195,7 @@ def build_report(out: str | Path, results: Mapping, runs: Mapping[str, Path], *,
         if method == "neuron":
             continue
         table.append({**r.table_row(), "model": model, "layer": layer, "method": method,
-                      "global": bool(r.trf.get("is_global")), "reach": r.summary.get("reach")})
+                      "global": bool(r.trf.is_global), "reach": r.summary.get("reach")})
     figures = {}
     for p in sorted(paths, key=lambda p: not p.stem.startswith("reach_")):  # the answer's figures first
         label = figs[p.stem].get_label()

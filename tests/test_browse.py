@@ -13,13 +13,14 @@ from cli.browse import main
 from conftest import assert_one_line_error
 from erf.graph import truncate
 from erf.result import ERFResult, build_result
+from erf.rf import LayerRF
 from lab.browse import BrowseConfig, find_results, unit_measures, write_browser
 
 
 def _result(maps: np.ndarray, H: int = 8, W: int = 8) -> ERFResult:
     U = len(maps)
     return build_result(method="occlusion", mode="units", layer="conv", image_size=(H, W), config={}, model={},
-                        images=["a"], trf={"rf": [4.0, 4.0]}, units=np.arange(U), maps=maps,
+                        images=["a"], trf=LayerRF("l", (1, 1), (4.0, 4.0), (1.0, 1.0), (0.0, 0.0), False, (H, W)), units=np.arange(U), maps=maps,
                         trf_areas=np.full(U, 16.0), topk_images=np.zeros((U, 1)), topk_locations=np.zeros((U, 1, 2)),
                         topk_values=np.arange(U, dtype=float)[:, None] + 1)
 

@@ -111,11 +111,7 @@ def test_real_cnn_map_is_inside_trf_and_nonnegative():
 
 
 def _box(res):
-    from erf.rf import LayerRF
-
-    trf = dict(res.trf)
-    trf = LayerRF(**{k: tuple(v) if isinstance(v, list) else v for k, v in trf.items()})
-    return trf.box(*res.neuron[1:], clip=True)
+    return res.trf.box(*res.neuron[1:], clip=True)
 
 
 def test_batch_size_does_not_matter():

@@ -99,7 +99,7 @@ def test_single_conv_discrepancy_is_nonzero_exactly_within_trf(k):
         grid = m[1:H - 1, 1:W - 1]  # stride 1: the values at the occluder centres
         assert (grid[inside] > 1e-4).all()
         assert np.abs(grid[~inside]).max() <= 1e-5
-    assert res.trf["rf"] == [k, k]
+    assert res.trf.rf == (k, k)
 
 
 def _random_cnn(rng: np.random.Generator) -> nn.Sequential:

@@ -2,6 +2,7 @@
 import numpy as np
 
 from erf.result import build_result
+from erf.rf import LayerRF
 from figures.report import erf_rows, report_markdown
 from lab.report import answer_sentences, compare_reach
 
@@ -20,7 +21,7 @@ def _units_result(far_amp: float, seed: int, U: int = 12):
         maps.append(near + far_amp * rng.uniform(0.7, 1.0) * far)
     maps = np.stack(maps).astype(np.float32)
     return build_result(method="occlusion", mode="units", layer="fc7", image_size=(H, W), config={"threshold": 0.5},
-                        model={"name": "m"}, images=["a"], trf={"rf": [40.0, 40.0]}, units=np.arange(U), maps=maps,
+                        model={"name": "m"}, images=["a"], trf=LayerRF("l", (1, 1), (40.0, 40.0), (1.0, 1.0), (0.0, 0.0), False, (H, W)), units=np.arange(U), maps=maps,
                         trf_areas=np.full(U, 576.0), topk_images=np.zeros((U, 1), int),
                         topk_locations=np.zeros((U, 1, 2), int), topk_values=np.ones((U, 1)))
 

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from erf.result import FORMAT_VERSION, ERFResult, build_result, canvas_anchor, recenter
+from erf.rf import LayerRF
 
 
 def test_recenter_hand_case():
@@ -37,7 +38,7 @@ def _result(U=3, H=6, W=5, with_image_maps=True):
     return build_result(
         method="occlusion", mode="units", layer="features.29", image_size=(H, W),
         config={"patch": [3, 3], "stride": [1, 1], "seed": 0}, model={"name": "tiny", "fingerprint": "ab"},
-        images=["a.png", "b.png"], trf={"rf": [4.0, 9.0], "jump": [1.0, 1.0]}, units=np.arange(U),
+        images=["a.png", "b.png"], trf=LayerRF("features.29", (1, 1), (4.0, 9.0), (1.0, 1.0), (0.0, 0.0), False, (H, W)), units=np.arange(U),
         maps=maps, trf_areas=np.full(U, 20.0), topk_images=np.zeros((U, 2), int),
         topk_locations=np.zeros((U, 2, 2), int), topk_values=rng.random((U, 2)),
         image_maps=rng.random((2, H, W)).astype(np.float32) if with_image_maps else None,
@@ -132,7 +133,7 @@ def test_reach_resamples_images_when_their_mean_is_the_map():
     rng = np.random.default_rng(3)
     H = W = 8
     per_image = rng.random((4, H, W)).astype(np.float32) ** 3
-    trf = {"rf": [5.0, 5.0], "jump": [2.0, 2.0], "start": [1.0, 1.5]}
+    trf = LayerRF("c", (4, 4), (5.0, 5.0), (2.0, 2.0), (1.0, 1.5), False, (H, W))
     center = (1.0 + 2 * 2.0, 1.5 + 1 * 2.0)  # unit (2, 1)
     res = build_result(method="gradient", mode="position", layer="c", image_size=(H, W), config={}, model={},
                        images=list("abcd"), trf=trf, units=np.array([-1]), maps=recenter(per_image.mean(0), center)[None],
@@ -145,3 +146,37 @@ def test_reach_resamples_images_when_their_mean_is_the_map():
     # Different image maps (the mean no longer reproduces the map): nothing is resampled, no interval is made up.
     res.image_maps = per_image[::-1] * np.arange(1, 5)[:, None, None]
     assert res.reach_samples()[1] == "none"
+
+
+_SAVED = __import__("pathlib").Path(__file__).parent / "data" / "results"  # written by the code before trf was typed
+
+
+@pytest.mark.parametrize("name", ["occlusion-v2", "gradient-v2", "gradient-v1"])
+def test_results_saved_before_trf_was_typed_still_load_and_save_the_same_json(name, tmp_path):
+    """occlusion-v2 / gradient-v2: saved by the previous code; gradient-v1: the same in format 1, with a trf
+    from before LayerRF had exact/global_from/layout (their defaults fill them)."""
+    res = ERFResult.load(_SAVED / name)
+    assert res.trf == LayerRF(name="2", size=(3, 3), rf=(5.0, 5.0), jump=(2.0, 2.0), start=(1.0, 1.0),
+                              is_global=False, input_size=(8, 8))
+    assert res.trf.box(1, 1, clip=True) == (1, 1, 6, 6)  # centre 1 + 1 * 2 = 3, side 5
+    assert res.format_version == (1 if name.endswith("v1") else 2)
+    old = json.loads((_SAVED / name / "summary.json").read_text())
+    res.save(tmp_path)
+    new = json.loads((tmp_path / "summary.json").read_text())
+    if name.endswith("v1"):  # saving writes the current format and the full LayerRF
+        old["format_version"] = FORMAT_VERSION
+        old["trf"].update(exact=True, global_from="", layout="NCHW")
+    assert new == old  # trf and config serialised exactly as before
+    assert list(new["trf"]) == ["name", "size", "rf", "jump", "start", "is_global", "input_size", "exact",
+                                "global_from", "layout"]
+
+
+def test_a_trf_that_is_not_a_layer_rf_is_refused_in_one_line(tmp_path):
+    res = ERFResult.load(_SAVED / "gradient-v2")
+    res.save(tmp_path)
+    meta = json.loads((tmp_path / "summary.json").read_text())
+    meta["trf"] = {"rf": [5.0, 5.0]}
+    (tmp_path / "summary.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"summary.json's trf .* lacks name, size, jump, start, is_global, "
+                                         r"input_size .*expected the fields of erf.rf.LayerRF; rerun the probe"):
+        ERFResult.load(tmp_path)

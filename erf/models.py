@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from erf.images import IMAGENET_MEAN, IMAGENET_STD
-from erf.util import did_you_mean, unknown_name
+from erf.util import did_you_mean, state_dict_mismatch, unknown_name
 
 __all__ = ["LoadedModel", "load_model", "register_model_loader", "ModelLoader", "IMAGENET_MEAN", "IMAGENET_STD"]
 
@@ -223,18 +223,9 @@ def _load_state_dict(model: nn.Module, path: Path, name: str) -> None:
                 break
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise ValueError(f"weights file {str(path)!r} holds a {type(sd).__name__}, not a state dict of tensors")
-    own = model.state_dict()
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    shapes = [f"{k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in own if k in sd and sd[k].shape != own[k].shape]
-    if missing or unexpected or shapes:
-        parts = []
-        for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)):
-            if items:
-                more = f" (+{len(items) - 5} more)" if len(items) > 5 else ""
-                parts.append(f"{label} {len(items)}: {', '.join(items[:5])}{more}")
-        raise ValueError(f"weights file {str(path)!r} does not fit {name}: {'; '.join(parts)}")
+    mismatch = state_dict_mismatch(model.state_dict(), sd)
+    if mismatch:
+        raise ValueError(f"weights file {str(path)!r} does not fit {name}: {mismatch}")
     model.load_state_dict(sd)
 
 

@@ -37,7 +37,7 @@ import numpy as np
 from erf.rf import LayerRF
 from erf.stats import (FAR_FRACTION, MASS_LEVELS, ERFStats, bootstrap_means, erf_stats, percentile_interval,
                        reach_from_sums, reach_sums, summarize)
-from erf.util import atomic_write
+from erf.util import atomic_write, finite_or_none
 
 __all__ = ["FORMAT_VERSION", "ERFResult", "recenter", "canvas_anchor", "rf_to_dict", "rf_from_dict", "build_result",
            "REACH_CI", "reach_replicates"]
@@ -397,19 +397,10 @@ def build_result(
         images=list(images), trf=trf, units=np.asarray(units, dtype=np.int64), maps=maps, layer_map=layer_map.astype(np.float32),
         topk_images=np.asarray(topk_images, dtype=np.int64), topk_locations=np.asarray(topk_locations, np.int64),
         topk_values=np.asarray(topk_values, dtype=np.float64), unit_stats=[s.to_dict() for s in stats],
-        layer_stats=layer_stat.to_dict(), summary=_jsonify(_finite_or_none(summary)), image_maps=image_maps,
+        layer_stats=layer_stat.to_dict(), summary=_jsonify(finite_or_none(summary)), image_maps=image_maps,
         neuron=None if neuron is None else tuple(int(v) for v in neuron),
         display_images=None if display_images is None else np.asarray(display_images, dtype=np.uint8),
         topk_maps=None if topk_maps is None else np.asarray(topk_maps, dtype=np.float32),
         topk_activations=None if topk_activations is None else np.asarray(topk_activations, dtype=np.float32),
     )
 
-
-def _finite_or_none(obj):
-    if isinstance(obj, dict):
-        return {k: _finite_or_none(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite_or_none(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj

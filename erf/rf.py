@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from erf._fx import BINARY_FUNCTIONS, BINARY_METHODS, POINTWISE_FUNCTIONS, POINTWISE_METHODS, POINTWISE_MODULES, \
-    call_node, fetch_attr
+    call_node, fetch_attr, op_kind
 from erf.util import unknown_name
 
 __all__ = [
@@ -57,6 +57,7 @@ __all__ = [
 ]
 
 _TOL = 1e-6  # float slack when comparing centres and rounding box edges
+_MASKED = -50.0  # an additive attention mask at or below this masks the pair (see _unmasked)
 
 
 # --------------------------------------------------------------------------- per-axis arithmetic
@@ -308,7 +309,7 @@ def _deps(ctx: _Ctx) -> list[tuple[Any, Any]]:
         elif isinstance(state, dict):
             for k in state:
                 walk(state[k], value[k])
-        elif state is _GLOBAL or isinstance(state, (_Map, _Flat, _Laid)):  # not a slice's fields
+        elif state is _GLOBAL or isinstance(state, (_Map, _Flat, _Laid, _Pairs)):  # not a slice's fields
             out.append((state, value))
 
     walk(ctx.states, ctx.args)
@@ -840,7 +841,7 @@ def _merged_blocks(ctx: _Ctx, laid: _Laid, sets: torch.Tensor, first: torch.Tens
     with strides (sy, sx); the blocks are the units of a new, coarser grid. None if not that pattern."""
     h, w = laid.size
     counts = sets.sum(dim=1)
-    if not bool((counts > 1).all()) or laid.grid is _GLOBAL:
+    if not bool((counts > 1).all()):
         return None
     units = sets.view(-1, h, w)
     ys, xs = units.any(dim=2), units.any(dim=1)  # (S, h), (S, w)
@@ -854,7 +855,8 @@ def _merged_blocks(ctx: _Ctx, laid: _Laid, sets: torch.Tensor, first: torch.Tens
     sx = tx[1] - tx[0] if len(tx) > 1 else kx
     if ty != list(range(ty[0], ty[0] + sy * len(ty), sy)) or tx != list(range(tx[0], tx[0] + sx * len(tx), sx)):
         return None
-    grid = _per_axis(laid.grid, lambda a, i: conv_axis(a, (ky, kx)[i], (sy, sx)[i], -(ty[0], tx[0])[i], 1))
+    grid = _GLOBAL if laid.grid is _GLOBAL else _per_axis(  # a global grid stays global, on the coarser grid
+        laid.grid, lambda a, i: conv_axis(a, (ky, kx)[i], (sy, sx)[i], -(ty[0], tx[0])[i], 1))
     new = (len(ty), len(tx))
     slice_unit = (y0 - ty[0]) // sy * new[1] + (x0 - tx[0]) // sx  # (S,): new unit of each slice
     own = slice_unit.view(first.shape)
@@ -888,14 +890,16 @@ def _attention(ctx: _Ctx, query: Any, key: Any, value: Any, qs: Any, ks: Any, vs
 
 
 def _matmul(ctx: _Ctx) -> Any:
-    """``a @ b``: with one image operand a Linear over its last dim (or rows); with two (attention scores,
-    scores @ values) each row of ``a`` reads every token of ``b``'s slice."""
+    """``a @ b``: with one image operand a Linear over its last dim (or rows); with two that both contract
+    channels, attention scores (:class:`_Pairs`, followed through mask and softmax to ``@ v``); with two
+    otherwise, each row of ``a`` reads every token of ``b``'s slice."""
     deps = _deps(ctx)
     a, b = ctx.args[0], ctx.args[1]
     if len(deps) == 1:
         return _along(ctx, [-1] if deps[0][1] is a else [-2])
     sa, sb = ctx.states[0], ctx.states[1]
-    return _attention(ctx, a, b, None, sa, sb, None, -2)
+    pairs = _score_pairs(ctx, a, b, sa, sb)
+    return pairs if pairs is not None else _attention(ctx, a, b, None, sa, sb, None, -2)
 
 
 def _einsum(ctx: _Ctx) -> Any:
@@ -954,30 +958,195 @@ def _sdpa(ctx: _Ctx) -> Any:
     return _attention(ctx, q, k, v, qs, ks, vs, -2)
 
 
+def _unmasked(offset: torch.Tensor) -> torch.Tensor:
+    """Where an image-independent attention mask lets a pair through: True in a boolean mask, above
+    ``_MASKED`` in an additive one (Swin writes -100; a pair offset by -50 or less weighs below e**-50,
+    about 2e-22, of an unmasked one: nothing in float32, whose resolution is 1.2e-7)."""
+    return offset > _MASKED if offset.is_floating_point() else offset.bool()
+
+
 def _masked_attention(ctx: _Ctx, q, k, qs, ks, vs, mask: torch.Tensor) -> Any:
-    """Attention under an image-independent mask (Swin's shifted windows): a query reads only the keys its
-    mask lets through: True in a boolean mask, above -100 in an additive one (Swin writes -100, so the
-    weight of a masked pair is below e**-100; the window is the one the model means)."""
+    """Attention under an image-independent mask (Swin's shifted windows): a query reads only the keys (and
+    their values) its mask lets through (:func:`_unmasked`)."""
     lq, lk = _laid_of(qs, q), _laid_of(ks, k)
-    if lq is None or lk is None or (vs is not None and not torch.equal(_laid_of(vs, _arg(ctx, 2, "value")).pos,
-                                                                         lk.pos)):
+    lv = _laid_of(vs, _arg(ctx, 2, "value")) if vs is not None else None
+    if lq is None or lk is None or (vs is not None and lv is None):
         return None
-    size, grids = _common_grid(ctx, [lq, lk])
+    size, grids = _common_grid(ctx, [lq, lk] + ([lv] if lv is not None else []))
     qp, kp = lq.pos[..., 0], lk.pos[..., 0]  # (..., L), (..., S): each token's unit (channels constant)
-    allowed = mask > -100 if mask.is_floating_point() else mask.bool()
-    shape = torch.broadcast_shapes(qp.shape[:-1], kp.shape[:-1], allowed.shape[:-2])
+    vp = lv.pos[..., 0] if lv is not None else torch.full_like(kp, -1)  # (..., S)
     L, S = qp.shape[-1], kp.shape[-1]
-    allowed = allowed.cpu().expand(*shape, L, S)  # (..., L, S)
-    qi = qp.expand(*shape, L)[..., :, None].expand(*shape, L, S)
-    ki = kp.expand(*shape, S)[..., None, :].expand(*shape, L, S)
-    keep = allowed & (qi >= 0) & (ki >= 0)
-    n = size[0] * size[1]
-    reads = torch.zeros(n, n, dtype=torch.bool)
-    reads[qi[keep], ki[keep]] = True
+    allowed = _unmasked(mask.cpu())
+    shape = torch.broadcast_shapes(qp.shape[:-1], kp.shape[:-1], vp.shape[:-1], allowed.shape[:-2]) + (L, S)
+    row, col, vunit = qp[..., :, None].expand(shape), kp[..., None, :].expand(shape), vp[..., None, :].expand(shape)
+    own = lq.pos.narrow(-1, 0, 1).expand(ctx.value.shape)
+    return _attend(ctx, _union_grids(ctx, grids), size, row, col, allowed.expand(shape), vunit, own)
+
+
+def _attend(ctx: _Ctx, grid: Any, size: tuple[int, int], row: torch.Tensor, col: torch.Tensor,
+            live: torch.Tensor, vunit: torch.Tensor, own: torch.Tensor) -> Any:
+    """Attention as pairs (query ``row``, key ``col``, value ``vunit``: units, all of shape (..., L, S)): the
+    output token of each query reads its own unit and, for every ``live`` pair, the key's and the value's.
+    ``own`` are the positions of the output's elements. The exact unit-to-unit reads go to :func:`_mixed`."""
+    h, w = size
+    n = h * w
+    if grid is _GLOBAL:
+        return _settle(_GLOBAL, size, own)
+    reads = torch.zeros(n, n, dtype=torch.bool)  # (n, n): unit u reads unit v
+    for cand in (col, vunit):
+        keep = live & (row >= 0) & (cand >= 0)  # (..., L, S)
+        reads[row[keep], cand[keep]] = True
     reads |= torch.eye(n, dtype=torch.bool) & reads.any(dim=1, keepdim=True)  # a unit that attends reads itself
-    out = ctx.value
-    own = lq.pos.narrow(-1, 0, 1).expand(out.shape)
-    return _mixed(ctx, _union_grids(ctx, grids), size, None, own, reads)
+    return _mixed(ctx, grid, size, None, own, reads)
+
+
+@dataclass(frozen=True, eq=False)
+class _Pairs:
+    """Attention scores ``q @ k^T`` (B, heads, L, S): element (l, s) reads the query's unit ``row`` and the
+    key's unit ``col``, both tensors of the value's shape, on the units' common ``grid``.
+
+    Image-independent additions follow (relative-position bias; a mask: ``live`` is False where the pair's
+    offset is masked, :func:`_unmasked`), layout ops are replayed on the four tensors, and a softmax over
+    the key axis sets ``slices`` (an id per element: elements of one slice were normalised together, so
+    each reads every live key of its slice). ``scores @ v`` then reads, per query, its own unit and the
+    key and value of each live pair (:func:`_attend`): the window and the shift mask, exactly. Any other
+    consumer sees :func:`_coarse`: one unit per element, its TRF grown by every pair.
+    """
+
+    grid: Any
+    size: tuple[int, int]
+    row: torch.Tensor
+    col: torch.Tensor
+    live: torch.Tensor
+    slices: torch.Tensor | None = None
+
+
+def _score_pairs(ctx: _Ctx, a: torch.Tensor, b: torch.Tensor, sa: Any, sb: Any) -> Any:
+    """``a @ b`` of two image tensors contracting channels of both (``q @ k.transpose(-2, -1)``): scores
+    between a's rows and b's columns, as :class:`_Pairs`; None for any other pattern."""
+    if sa is _GLOBAL or sb is _GLOBAL:  # scores with a tensor that already saw every pixel
+        return _GLOBAL
+    la, lb = _laid_of(sa, a), _laid_of(sb, b)
+    if la is None or lb is None or a.dim() < 2 or b.dim() < 2:
+        return None
+    ap, bp = la.pos, lb.pos  # (..., L, K), (..., K, S)
+    if not (torch.equal(ap[..., :1].expand(ap.shape), ap) and torch.equal(bp[..., :1, :].expand(bp.shape), bp)):
+        return None  # the contracted axis holds positions: a Linear over tokens, not scores
+    size, grids = _common_grid(ctx, [la, lb])
+    grid = _union_grids(ctx, grids)
+    shape = ctx.value.shape  # (..., L, S)
+    row = ap[..., :1].expand(shape).contiguous()
+    if grid is _GLOBAL:
+        return _settle(_GLOBAL, size, row)
+    return _Pairs(grid, size, row, bp[..., :1, :].expand(shape).contiguous(), torch.ones(shape, dtype=torch.bool))
+
+
+def _coarse(ctx: _Ctx, p: _Pairs) -> Any:
+    """Scores as one unit per element (the query's; the key's for learned queries), whose TRF holds every
+    unit the element reads: an upper bound for consumers other than softmax and ``@ v``."""
+    n = p.size[0] * p.size[1]
+    own = torch.where(p.row >= 0, p.row, p.col)
+    reads = torch.zeros(n, n, dtype=torch.int32)  # (n, n)
+    keep = (own >= 0) & (p.col >= 0)
+    reads.index_put_((own[keep], p.col[keep]), torch.ones((), dtype=torch.int32), accumulate=True)
+    if p.slices is not None:  # each element also reads the live keys of its slice
+        ids = p.slices
+        units = torch.zeros(int(ids.max()) + 1, n + 1, dtype=torch.int32)  # (slices, n + 1): column 0 for -1
+        live = p.live & (p.col >= 0)
+        units[ids[live], p.col[live] + 1] = 1
+        owners = torch.unique(torch.stack([own[own >= 0], ids[own >= 0]]), dim=1)  # (2, P): (unit, slice)
+        reads.index_add_(0, owners[0], units[owners[1], 1:])
+    return _mixed(ctx, p.grid, p.size, None, own, (reads > 0) | torch.eye(n, dtype=torch.bool))
+
+
+def _replay_pairs(ctx: _Ctx, p: _Pairs, v: torch.Tensor) -> Any:
+    """A layout op on scores, replayed on their four tensors; None where it would lose part of a slice."""
+    fields = [p.row, p.col, p.live.long()] + ([p.slices] if p.slices is not None else [])
+    outs = []
+    for f in fields:
+        if not any(a is v for a in ctx.args):
+            return None
+        out = ctx.call(tuple(f if a is v else a for a in ctx.args), ctx.kwargs)
+        if not isinstance(out, torch.Tensor):
+            return None
+        outs.append(out)
+    row, col, live = outs[0], outs[1], outs[2].bool()
+    slices = outs[3] if p.slices is not None else None
+    if slices is not None:
+        n1 = p.size[0] * p.size[1] + 1
+        before = torch.unique(p.slices[p.live] * n1 + p.col[p.live] + 1)
+        if not torch.equal(before, torch.unique(slices[live] * n1 + col[live] + 1)):
+            return None
+    return _Pairs(p.grid, p.size, row, col, live, slices)
+
+
+def _softmax_pairs(p: _Pairs, v: torch.Tensor, dim: int) -> Any:
+    """Softmax over the key axis: each element now reads every live key of its slice; None otherwise."""
+    d = dim % v.dim()
+    if p.slices is not None or not torch.equal(p.row.narrow(d, 0, 1).expand(p.row.shape), p.row):
+        return None
+    rest = [n for i, n in enumerate(v.shape) if i != d]
+    ids = torch.arange(math.prod(rest)).view(rest).unsqueeze(d).expand(v.shape).contiguous()  # one id per slice
+    return _Pairs(p.grid, p.size, p.row, p.col, p.live, ids)
+
+
+def _consume_pairs(ctx: _Ctx) -> Any:
+    """``scores @ v``: each query's output reads its unit and the key and value units of its live pairs."""
+    a, b = ctx.args[0], ctx.args[1]
+    sa, sb = ctx.states[0], ctx.states[1]
+    lb = _laid_of(sb, b) if not isinstance(sb, _Pairs) else None
+    if not isinstance(sa, _Pairs) or lb is None or lb.size != sa.size or a.dim() < 2 or b.dim() < 2:
+        return None
+    vp = lb.pos  # (..., S, D)
+    const = lambda t: torch.equal(t[..., :1].expand(t.shape), t)  # noqa: E731 - along the last dim
+    if not (const(vp) and const(sa.row) and (sa.slices is None or const(sa.slices))):
+        return None  # only a softmax over the contracted key axis keeps each query's reads in its row
+    shape = torch.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + tuple(a.shape[-2:])  # (..., L, S)
+    live = sa.live if sa.slices is not None else torch.ones_like(sa.live)  # before softmax a mask masks nothing
+    vunit = vp[..., 0].unsqueeze(-2).expand(shape)  # (..., L, S): value unit of key s
+    own = sa.row[..., :1].expand(ctx.value.shape)  # (..., L, D)
+    grid = _union_grids(ctx, [sa.grid, lb.grid])
+    return _attend(ctx, grid, sa.size, sa.row.expand(shape), sa.col.expand(shape), live.expand(shape), vunit, own)
+
+
+_ADDS = {operator.add, operator.iadd, torch.add, "add", "add_", "__add__", "__radd__"}
+_MATMULS = {operator.matmul, torch.matmul, torch.bmm, "matmul", "__matmul__", "bmm"}
+_SOFTMAXES = {F.softmax, F.log_softmax, "softmax", "log_softmax"}
+
+
+def _pairs_rule(gm: fx.GraphModule, node: fx.Node, ctx: _Ctx) -> Any:
+    """Ops on attention scores (:class:`_Pairs`) that keep them pairs, or end them as ``@ v``; None otherwise."""
+    target = node.target
+    if node.op != "call_module" and target in _MATMULS:
+        return _consume_pairs(ctx)
+    deps = _deps(ctx)
+    if len(deps) != 1 or not isinstance(deps[0][0], _Pairs) or not isinstance(ctx.value, torch.Tensor):
+        return None
+    p, v = deps[0]
+    m = gm.get_submodule(target) if node.op == "call_module" else None
+    if isinstance(m, (nn.Softmax, nn.LogSoftmax)) or (m is None and target in _SOFTMAXES):
+        dim = m.dim if m is not None else _arg(ctx, 1, "dim")
+        return None if dim is None else _softmax_pairs(p, v, dim)
+    kind = op_kind(node, gm)
+    if kind == "layout":
+        return _replay_pairs(ctx, p, v)
+    if kind not in ("pointwise", "binary"):
+        return None
+    shape = ctx.value.shape
+    row, col, live = (t.expand(shape).contiguous() for t in (p.row, p.col, p.live))
+    slices = p.slices.expand(shape).contiguous() if p.slices is not None else None
+    if m is None and target in _ADDS and slices is None:  # + an image-independent bias or mask
+        for other in (*ctx.args, *ctx.kwargs.values()):
+            if isinstance(other, torch.Tensor) and other is not v:
+                live = live & _unmasked(torch.broadcast_to(other.detach().cpu(), shape))
+    return _Pairs(p.grid, p.size, row, col, live, slices)
+
+
+def _coarsened(ctx: _Ctx) -> _Ctx:
+    """``ctx`` with every :class:`_Pairs` argument state replaced by its :func:`_coarse` upper bound."""
+    sub = lambda st: _coarse(ctx, st) if isinstance(st, _Pairs) else st  # noqa: E731
+    walk = lambda st: type(st)(walk(x) for x in st) if isinstance(st, (tuple, list)) else sub(st)  # noqa: E731
+    return ctx._replace(states=walk(ctx.states), kwstates={k: walk(x) for k, x in ctx.kwstates.items()})
 
 
 def _mha(ctx: _Ctx, m: nn.MultiheadAttention) -> Any:
@@ -1248,7 +1417,7 @@ def _run(model: nn.Module, gm: fx.GraphModule, names: dict[fx.Node, str], size: 
 def _is_global(state: Any) -> bool:
     if isinstance(state, (tuple, list)):
         return any(_is_global(s) for s in state)
-    return state is _GLOBAL or isinstance(state, _Laid) and state.grid is _GLOBAL
+    return state is _GLOBAL or isinstance(state, (_Laid, _Pairs)) and state.grid is _GLOBAL
 
 
 def _node_state(gm: fx.GraphModule, node: fx.Node, ctx: _Ctx) -> Any:
@@ -1261,6 +1430,11 @@ def _node_state(gm: fx.GraphModule, node: fx.Node, ctx: _Ctx) -> Any:
             isinstance(value, (tuple, list)) and any(isinstance(v, torch.Tensor) for v in value)
             and all(isinstance(v, torch.Tensor) or v is None for v in value)):  # (output, None) of attention
         return None  # x.shape, x.size(2), x.dim(): metadata, not activations
+    if any(isinstance(st, _Pairs) for st, _ in _deps(ctx)):
+        state = _pairs_rule(gm, node, ctx)
+        if state is not None:
+            return state
+        ctx = _coarsened(ctx)
     if node.op == "call_module":
         state = _module_rule(ctx, gm.get_submodule(node.target))
     elif node.op == "call_function":
@@ -1431,6 +1605,9 @@ def _why_not(layer: str, state: Any, desc: str = "") -> str:
         grid = state if isinstance(state, _Map) else state.grid
         return (f"layer {layer!r} comes after {grid.unproven}, whose per-unit support erf.rf cannot work out; "
                 f"its TRF is not proven (layers before it are exact, and a later op that mixes all positions is global)")
+    if isinstance(state, _Pairs):
+        return (f"layer {layer!r} holds attention scores between pairs of units (query, key), not one unit "
+                f"per element; name the attention's output")
     if isinstance(state, _Laid):
         return (f"{desc} at {layer!r} leaves the units in a layout that is neither (B, C, h, w), (B, h, w, C) "
                 f"nor tokens (B, N, D); name a layer that is")

@@ -162,7 +162,9 @@ class LayerRF:
     Attributes:
         name: module path or fx node name (``"features.30"``, ``"layer4"``, ``"layer1.0.add"``).
         size: output (h, w); (1, 1) for (B, C) outputs.
-        rf: TRF size per axis in input pixels, unclipped; the input (H, W) when global.
+        rf: TRF size per axis in input pixels, unclipped; the input (H, W) when global. After
+            attention over windows, the smallest symmetric box around every unit's centre that
+            holds its support clipped to the image (windows are cut from the padded map).
         jump: effective stride per axis (fractional after upsampling; 0 when global or tiled).
         start: input coordinate (y, x) of the centre of unit (0, 0).
         is_global: every unit sees the whole input (global pooling, flatten + Linear, tiling).
@@ -170,7 +172,8 @@ class LayerRF:
         exact: the box is the exact bounding box of each unit's input support; False only
             after a resampling layer or windowed attention whose per-unit support is not an
             affine grid (see :func:`sampled_axis`), where the box is the smallest symmetric
-            one containing it.
+            one containing it. Attention written out (``q @ k^T``, mask, softmax, ``@ v``, as
+            in timm's Swin) is followed pair by pair, so a window and a shift mask hold.
         global_from: for global layers, the first op that made every unit see every pixel
             (``"scaled_dot_product_attention at 'blocks.0.attn'"``, ``"AdaptiveAvgPool2d at 'avgpool'"``).
         layout: how the layer's tensor holds the (h, w) grid of units: ``"NCHW"``, ``"NHWC"``
@@ -240,12 +243,19 @@ class _Map:
     ``unproven`` names the op after which the TRF is only a lower bound (an op that mixes
     tokens in a way the arithmetic cannot follow); such layers are not reported, but a
     later op that makes every unit see every pixel still proves a global TRF.
+
+    ``support``, set by token mixing over windows (:func:`_mixed`), holds per axis and unit
+    index the pixels ``(first, last + 1)`` its support spans, clipped to the image, so that
+    windows composed over blocks do not compound the symmetric box; the affine fields are
+    the smallest symmetric box around each unit's centre that contains them. Rules that
+    only know the affine fields drop it (those fields are an upper bound).
     """
 
     h: AxisRF
     w: AxisRF
     exact: bool = True
     unproven: str = ""
+    support: tuple | None = None
 
 
 @dataclass(frozen=True)
@@ -378,7 +388,33 @@ def _union_grids(ctx: _Ctx, grids: list) -> Any:
                 f"centre of unit (0, 0) {(h.start, w.start)} vs {(g.h.start, g.w.start)}, "
                 f"jump {(h.jump, w.jump)} vs {(g.h.jump, g.w.jump)}; their union is not one receptive field per unit")
         h, w, exact = uh, uw, exact and g.exact
-    return _Map(h, w, exact, unproven)
+    sized = next((g.support for g in grids if g.support is not None), None)
+    if sized is None or len(grids) == 1:
+        return _Map(h, w, exact, unproven, grids[0].support)
+    size = (len(sized[0]), len(sized[1]))
+    spans = [_spans(g, size, ctx.extent) for g in grids]  # per grid, per axis: (first, last + 1) per unit
+    support = tuple([(min(sp[i][u][0] for sp in spans), max(sp[i][u][1] for sp in spans)) for u in range(size[i])]
+                    for i in range(2))
+    (fh, eh), (fw, ew) = _fit(h, support[0], ctx.extent[0]), _fit(w, support[1], ctx.extent[1])
+    return _Map(fh, fw, exact and eh and ew, unproven, support)
+
+
+def _spans(grid: _Map, size: tuple[int, int], extent: tuple[int, int]) -> tuple:
+    """Per axis, the pixels ``(first, last + 1)`` each unit index's TRF spans, clipped to the image."""
+    if grid.support is not None:
+        return grid.support
+    return tuple([_clip_span(a.start + i * a.jump - (a.rf - 1) / 2, a.start + i * a.jump + (a.rf - 1) / 2, n)
+                  for i in range(k)] for a, k, n in zip((grid.h, grid.w), size, extent))
+
+
+def _fit(a: AxisRF, spans: Sequence[tuple[int, int]], extent: int) -> tuple[AxisRF, bool]:
+    """The smallest symmetric TRF around each unit's centre ``start + i*jump`` that contains its pixel span
+    ``spans[i]``, and whether that box, clipped, is each span exactly."""
+    centres = [a.start + i * a.jump for i in range(len(spans))]
+    half = max(max(c - first, last - 1 - c) for c, (first, last) in zip(centres, spans) if last > first)
+    out = AxisRF(2 * half + 1, a.jump, a.start)
+    exact = all(_clip_span(c - half, c + half, extent) == span for c, span in zip(centres, spans))
+    return out, exact
 
 
 def _channel_dim(ctx: _Ctx, dim: int) -> Any:
@@ -788,24 +824,19 @@ def _mixed(ctx: _Ctx, grid: Any, size: tuple[int, int], sets: torch.Tensor, own:
         reads = (sets.T.float() @ sets.float()) > 0  # (h*w, h*w): units that share a slice
     elif grid is _GLOBAL or bool(reads.all()):
         return _settle(_GLOBAL, size, own)
-    shared = reads.view(h, w, h, w)
-    exact = grid.exact
-    rows, cols = [], []
-    for y in range(h):
-        r = shared[y].any(dim=2).any(dim=0)  # (h,) source rows of any unit in row y
-        rows.append(torch.nonzero(r).flatten().tolist())
-    for x in range(w):
-        c = shared[:, x].any(dim=1).any(dim=0)  # (w,) source columns of any unit in column x
-        cols.append(torch.nonzero(c).flatten().tolist())
-    # exact only if unit (y, x) reads exactly rows[y] x cols[x]
-    box = torch.zeros(h, w, h, w, dtype=torch.bool)
-    for y in range(h):
-        for x in range(w):
-            box[y, x][torch.tensor(rows[y])[:, None], torch.tensor(cols[x])[None, :]] = True
-    exact = exact and torch.equal(box, shared)
-    (gh, eh), (gw, ew) = (sampled_axis(grid.h, rows, 1.0, ctx.extent[0]),
-                          sampled_axis(grid.w, cols, 1.0, ctx.extent[1]))
-    return _settle(_Map(gh, gw, exact and eh and ew, grid.unproven), size, own)
+    spans = _spans(grid, size, ctx.extent)  # the TRF of every unit, per axis
+    uy, ux = torch.arange(h * w) // w, torch.arange(h * w) % w  # (n,) row and column of each unit
+    support, exact = [], grid.exact
+    for (first, last), idx, k in zip((zip(*spans[0]), zip(*spans[1])), (uy, ux), (h, w)):
+        first, last = torch.tensor(first)[idx], torch.tensor(last)[idx]  # (n,): span of each read unit
+        lo = torch.where(reads, first[None, :], 1 << 30).amin(dim=1)  # (n,): over the units each unit reads
+        hi = torch.where(reads, last[None, :], -1).amax(dim=1)
+        lo, hi = torch.minimum(lo, first), torch.maximum(hi, last)  # a unit that reads nothing keeps its own
+        lo, hi = (lo.view(h, w), hi.view(h, w)) if idx is uy else (lo.view(h, w).T, hi.view(h, w).T)
+        exact = exact and bool((lo == lo[:, :1]).all() and (hi == hi[:, :1]).all())  # rows x columns
+        support.append([(int(lo[i].min()), int(hi[i].max())) for i in range(k)])
+    (gh, eh), (gw, ew) = _fit(grid.h, support[0], ctx.extent[0]), _fit(grid.w, support[1], ctx.extent[1])
+    return _settle(_Map(gh, gw, exact and eh and ew, grid.unproven, tuple(support)), size, own)
 
 
 def _along(ctx: _Ctx, dims: Sequence[int]) -> Any:
@@ -858,6 +889,14 @@ def _merged_blocks(ctx: _Ctx, laid: _Laid, sets: torch.Tensor, first: torch.Tens
     grid = _GLOBAL if laid.grid is _GLOBAL else _per_axis(  # a global grid stays global, on the coarser grid
         laid.grid, lambda a, i: conv_axis(a, (ky, kx)[i], (sy, sx)[i], -(ty[0], tx[0])[i], 1))
     new = (len(ty), len(tx))
+    if grid is not _GLOBAL and laid.grid.support is not None:  # block j spans its units' spans
+        old = laid.grid.support
+        support = tuple([(min(old[i][t0 + j * s + q][0] for q in range(k)), max(old[i][t0 + j * s + q][1]
+                                                                                 for q in range(k)))
+                         for j in range(m)] for i, (t0, s, k, m) in enumerate(((ty[0], sy, ky, new[0]),
+                                                                              (tx[0], sx, kx, new[1]))))
+        (fh, eh), (fw, ew) = _fit(grid.h, support[0], ctx.extent[0]), _fit(grid.w, support[1], ctx.extent[1])
+        grid = _Map(fh, fw, laid.grid.exact and eh and ew, grid.unproven, support)
     slice_unit = (y0 - ty[0]) // sy * new[1] + (x0 - tx[0]) // sx  # (S,): new unit of each slice
     own = slice_unit.view(first.shape)
     return _settle(grid, new, own.expand(out.shape))
@@ -961,7 +1000,11 @@ def _sdpa(ctx: _Ctx) -> Any:
 def _unmasked(offset: torch.Tensor) -> torch.Tensor:
     """Where an image-independent attention mask lets a pair through: True in a boolean mask, above
     ``_MASKED`` in an additive one (Swin writes -100; a pair offset by -50 or less weighs below e**-50,
-    about 2e-22, of an unmasked one: nothing in float32, whose resolution is 1.2e-7)."""
+    about 2e-22, of an unmasked one: nothing in float32, whose resolution is 1.2e-7). On the CPU. A mask
+    on the meta device has no values: every pair counts (an upper bound)."""
+    if offset.is_meta:
+        return torch.ones(offset.shape, dtype=torch.bool)
+    offset = offset.detach().cpu()
     return offset > _MASKED if offset.is_floating_point() else offset.bool()
 
 
@@ -976,7 +1019,7 @@ def _masked_attention(ctx: _Ctx, q, k, qs, ks, vs, mask: torch.Tensor) -> Any:
     qp, kp = lq.pos[..., 0], lk.pos[..., 0]  # (..., L), (..., S): each token's unit (channels constant)
     vp = lv.pos[..., 0] if lv is not None else torch.full_like(kp, -1)  # (..., S)
     L, S = qp.shape[-1], kp.shape[-1]
-    allowed = _unmasked(mask.cpu())
+    allowed = _unmasked(mask)
     shape = torch.broadcast_shapes(qp.shape[:-1], kp.shape[:-1], vp.shape[:-1], allowed.shape[:-2]) + (L, S)
     row, col, vunit = qp[..., :, None].expand(shape), kp[..., None, :].expand(shape), vp[..., None, :].expand(shape)
     own = lq.pos.narrow(-1, 0, 1).expand(ctx.value.shape)
@@ -1138,7 +1181,7 @@ def _pairs_rule(gm: fx.GraphModule, node: fx.Node, ctx: _Ctx) -> Any:
     if m is None and target in _ADDS and slices is None:  # + an image-independent bias or mask
         for other in (*ctx.args, *ctx.kwargs.values()):
             if isinstance(other, torch.Tensor) and other is not v:
-                live = live & _unmasked(torch.broadcast_to(other.detach().cpu(), shape))
+                live = live & torch.broadcast_to(_unmasked(other), shape)
     return _Pairs(p.grid, p.size, row, col, live, slices)
 
 
@@ -1183,16 +1226,14 @@ def _shifted_window_attention(ctx: _Ctx) -> Any:
     expected = _grid_pos(laid.size, (B, C, *laid.size)).permute(0, 2, 3, 1)
     if (H, W) != laid.size or not torch.equal(laid.pos, expected):
         raise _unsupported(ctx, f"expected (B, H, W, C) tokens of a {laid.size[0]}x{laid.size[1]} grid")
-    grid = laid.grid
-    sources = [_window_sources(n, window[i], shift[i]) for i, n in enumerate((H, W))]
-    if all(len(s) == n for src, n in zip(sources, (H, W)) for s in src):  # one window holds the whole map
-        return _Laid(_GLOBAL, laid.size, laid.pos)
-    axes = []
+    reads = []  # per axis (n, n): unit i reads unit j
     for i, n in enumerate((H, W)):
-        a, ok = sampled_axis((grid.h, grid.w)[i], sources[i], 1.0, ctx.extent[i])
-        axes.append((a, ok))
-    return _Laid(_Map(axes[0][0], axes[1][0], grid.exact and axes[0][1] and axes[1][1], grid.unproven),
-                 laid.size, laid.pos)
+        r = torch.zeros(n, n, dtype=torch.bool)
+        for u, src in enumerate(_window_sources(n, window[i], shift[i])):
+            r[u, src] = True
+        reads.append(r)
+    both = (reads[0][:, None, :, None] & reads[1][None, :, None, :]).reshape(H * W, H * W)  # rows x columns
+    return _mixed(ctx, laid.grid, laid.size, None, laid.pos, both)
 
 
 # Modules -------------------------------------------------------------------

@@ -103,7 +103,10 @@ def test_swin_windows_and_shift_mask_hold_the_gradient_support():
     layers = ["layers.0.blocks.0", "layers.0", "layers.1", "layers.2"]
     rfs = receptive_fields(model, 128, layers + ["layers.3"])
     assert rfs["layers.0.blocks.0"].rf == (28, 28)  # windows of 4 patches: 3 patches either side of the centre
-    assert rfs["layers.0"].box(0, 0, clip=True) == (0, 0, 28, 28)  # the masked shifted window does not wrap
+    # shifted block (shift 2): patch 2 reads patches 2..5, i.e. the windows 0..3 and 4..7 of block 0, pixels
+    # 0..31 around its centre 9.5: 21.5 px either side, rf 44. Patch 0 reads patches 0, 1 only: the shift
+    # mask keeps out 28, 29 that the roll put in its window; without the mask its box would be the image.
+    assert rfs["layers.0"].rf == (44, 44) and rfs["layers.0"].box(0, 0, clip=True) == (0, 0, 24, 24)
     assert rfs["layers.3"].is_global and rfs["layers.3"].global_from == "matmul at 'layers.3.blocks.0.attn.matmul_1'"
     for layer in layers:
         r = rfs[layer]

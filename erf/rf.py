@@ -1090,7 +1090,7 @@ def _coarse(ctx: _Ctx, p: _Pairs) -> Any:
     n = p.size[0] * p.size[1]
     own = torch.where(p.row >= 0, p.row, p.col)
     reads = torch.zeros(n, n, dtype=torch.int32)  # (n, n)
-    keep = (own >= 0) & (p.col >= 0)
+    keep = (own >= 0) & (p.col >= 0) & (p.live | (p.slices is None))  # after softmax a masked pair weighs nothing
     reads.index_put_((own[keep], p.col[keep]), torch.ones((), dtype=torch.int32), accumulate=True)
     if p.slices is not None:  # each element also reads the live keys of its slice
         ids = p.slices

@@ -594,3 +594,28 @@ def test_attention_over_windows_and_under_a_mask_by_hand(explicit):
     if explicit:  # the scores are pairs of units, not units
         with pytest.raises(ValueError, match=r"holds attention scores between pairs of units"):
             receptive_field(Net(True), "softmax", 16)
+
+
+@pytest.mark.parametrize("masked", [True, False])
+def test_attention_scores_used_otherwise_keep_the_window(masked):
+    """Scores read by something other than ``@ v`` (here the largest weight per query scales the token): each
+    element counts every unit its scores read, so under the window mask the TRF is still the window."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Conv2d(3, 8, 4, stride=4)
+            win = (torch.arange(4)[:, None] // 2 * 2 + torch.arange(4)[None, :] // 2).flatten()  # (16,) window id
+            self.register_buffer("mask", torch.where(win[:, None] == win[None, :], 0.0, -100.0) if masked else
+                                 torch.zeros(16, 16))
+
+        def forward(self, x):
+            t = self.embed(x).flatten(2).transpose(1, 2)  # (B, 16, 8)
+            attn = (t @ t.transpose(-2, -1) + self.mask).softmax(dim=-1)  # (B, 16, 16)
+            return attn.amax(dim=-1, keepdim=True) * t  # (B, 16, 8)
+
+    r = receptive_field(Net(), "mul", 16)
+    if masked:
+        assert not r.is_global and r.rf == (12, 12) and r.box(0, 0, clip=True) == (0, 0, 8, 8)
+    else:
+        assert r.is_global and r.global_from == "Tensor.amax at 'amax'"  # the op that used the scores

@@ -3,8 +3,8 @@
 For each model: build it on the meta device (a real CPU build where meta fails),
 run :func:`erf.rf.receptive_fields` over every layer, and print one row: the
 number of layers analysed, how many are exact, how many global, the first
-global layer and the op that made it global, and the last layer's TRF; or the
-one-line refusal. No traceback is ever expected; a row with ``ERROR`` is a bug.
+global layer and the op that made it global, the largest TRF of a local layer (a
+box that outgrows the image says the analysis lost precision); or the one-line refusal. No traceback is ever expected; a row with ``ERROR`` is a bug.
 
     python bench/rf_all_models.py                 # every torchvision classification model
     python bench/rf_all_models.py --family swin   # names containing "swin"
@@ -36,7 +36,8 @@ def main() -> int:
     names = sorted(torchvision.models.list_models(module=torchvision.models))
     names = [n for n in names + (TIMM if args.timm else []) if args.family in n]
     bugs = 0
-    print(f"{'model':<36} {'size':>7} {'layers':>6} {'exact':>5} {'global':>6}  first global (op) / refusal")
+    print(f"{'model':<36} {'size':>7} {'layers':>6} {'exact':>5} {'global':>6} {'maxTRF':>6}  "
+          f"first global (op) / refusal")
     for name in names:
         t0 = time.perf_counter()
         try:
@@ -46,10 +47,11 @@ def main() -> int:
                 rfs = receptive_fields(lm.model, size)
             glob = [r for r in rfs.values() if r.is_global]
             first = f"{glob[0].name} ({glob[0].global_from})" if glob else "-"
-            print(f"{name:<36} {size[0]:>7} {len(rfs):>6} {sum(r.exact for r in rfs.values()):>5} {len(glob):>6}  "
-                  f"{first}  [{time.perf_counter() - t0:.1f}s]")
+            widest = max((max(r.rf) for r in rfs.values() if not r.is_global), default=0)
+            print(f"{name:<36} {size[0]:>7} {len(rfs):>6} {sum(r.exact for r in rfs.values()):>5} {len(glob):>6} "
+                  f"{widest:>6g}  {first}  [{time.perf_counter() - t0:.1f}s]")
         except ValueError as exc:
-            print(f"{name:<36} {'':>7} {'':>6} {'':>5} {'':>6}  REFUSED: {exc}")
+            print(f"{name:<36} {'':>7} {'':>6} {'':>5} {'':>6} {'':>6}  REFUSED: {exc}")
         except Exception:  # a traceback is a bug of the toolkit
             bugs += 1
             print(f"{name:<36} ERROR\n{traceback.format_exc()}")

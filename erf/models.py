@@ -94,7 +94,8 @@ def load_model(spec: str, *, weights: str | None = None, device: str | torch.dev
             a local state-dict file, or a torchvision weights name / ``"pretrained"`` for timm.
         device: where to put the model (default: CPU). ``"meta"`` without weights builds
             a torchvision model in milliseconds with no memory: enough for shapes and
-            receptive fields (``erf-rf`` uses it).
+            receptive fields (``erf-rf`` uses it); a timm model, built for real anyway, stays
+            on the CPU (buffers such as Swin's shift mask hold values the TRF reads).
 
     Returns:
         A :class:`LoadedModel`.
@@ -128,8 +129,8 @@ def load_model(spec: str, *, weights: str | None = None, device: str | torch.dev
         raise FileNotFoundError(f"checkpoint {spec!r} does not exist")
     else:
         lm = _from_torchvision(spec, weights, device)
-    if device is not None:
-        lm.model.to(device)
+    if device is not None and not (str(device) == "meta" and lm.meta.get("source") == "timm"):
+        lm.model.to(device)  # timm builds for real: on meta, Swin's shift mask would lose the values erf.rf reads
     return lm
 
 

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from erf._fx import BINARY_FUNCTIONS, BINARY_METHODS, POINTWISE_FUNCTIONS, POINTWISE_METHODS, POINTWISE_MODULES, \
-    call_node, fetch_attr
+    call_node, fetch_attr, op_kind
 from erf.util import unknown_name
 
 __all__ = [
@@ -57,6 +57,7 @@ __all__ = [
 ]
 
 _TOL = 1e-6  # float slack when comparing centres and rounding box edges
+_MASKED = -50.0  # an additive attention mask at or below this masks the pair (see _unmasked)
 
 
 # --------------------------------------------------------------------------- per-axis arithmetic
@@ -161,7 +162,9 @@ class LayerRF:
     Attributes:
         name: module path or fx node name (``"features.30"``, ``"layer4"``, ``"layer1.0.add"``).
         size: output (h, w); (1, 1) for (B, C) outputs.
-        rf: TRF size per axis in input pixels, unclipped; the input (H, W) when global.
+        rf: TRF size per axis in input pixels, unclipped; the input (H, W) when global. After
+            attention over windows, the smallest symmetric box around every unit's centre that
+            holds its support clipped to the image (windows are cut from the padded map).
         jump: effective stride per axis (fractional after upsampling; 0 when global or tiled).
         start: input coordinate (y, x) of the centre of unit (0, 0).
         is_global: every unit sees the whole input (global pooling, flatten + Linear, tiling).
@@ -169,7 +172,8 @@ class LayerRF:
         exact: the box is the exact bounding box of each unit's input support; False only
             after a resampling layer or windowed attention whose per-unit support is not an
             affine grid (see :func:`sampled_axis`), where the box is the smallest symmetric
-            one containing it.
+            one containing it. Attention written out (``q @ k^T``, mask, softmax, ``@ v``, as
+            in timm's Swin) is followed pair by pair, so a window and a shift mask hold.
         global_from: for global layers, the first op that made every unit see every pixel
             (``"scaled_dot_product_attention at 'blocks.0.attn'"``, ``"AdaptiveAvgPool2d at 'avgpool'"``).
         layout: how the layer's tensor holds the (h, w) grid of units: ``"NCHW"``, ``"NHWC"``
@@ -239,12 +243,19 @@ class _Map:
     ``unproven`` names the op after which the TRF is only a lower bound (an op that mixes
     tokens in a way the arithmetic cannot follow); such layers are not reported, but a
     later op that makes every unit see every pixel still proves a global TRF.
+
+    ``support``, set by token mixing over windows (:func:`_mixed`), holds per axis and unit
+    index the pixels ``(first, last + 1)`` its support spans, clipped to the image, so that
+    windows composed over blocks do not compound the symmetric box; the affine fields are
+    the smallest symmetric box around each unit's centre that contains them. Rules that
+    only know the affine fields drop it (those fields are an upper bound).
     """
 
     h: AxisRF
     w: AxisRF
     exact: bool = True
     unproven: str = ""
+    support: tuple | None = None
 
 
 @dataclass(frozen=True)
@@ -308,7 +319,7 @@ def _deps(ctx: _Ctx) -> list[tuple[Any, Any]]:
         elif isinstance(state, dict):
             for k in state:
                 walk(state[k], value[k])
-        elif state is _GLOBAL or isinstance(state, (_Map, _Flat, _Laid)):  # not a slice's fields
+        elif state is _GLOBAL or isinstance(state, (_Map, _Flat, _Laid, _Pairs)):  # not a slice's fields
             out.append((state, value))
 
     walk(ctx.states, ctx.args)
@@ -377,7 +388,33 @@ def _union_grids(ctx: _Ctx, grids: list) -> Any:
                 f"centre of unit (0, 0) {(h.start, w.start)} vs {(g.h.start, g.w.start)}, "
                 f"jump {(h.jump, w.jump)} vs {(g.h.jump, g.w.jump)}; their union is not one receptive field per unit")
         h, w, exact = uh, uw, exact and g.exact
-    return _Map(h, w, exact, unproven)
+    sized = next((g.support for g in grids if g.support is not None), None)
+    if sized is None or len(grids) == 1:
+        return _Map(h, w, exact, unproven, grids[0].support)
+    size = (len(sized[0]), len(sized[1]))
+    spans = [_spans(g, size, ctx.extent) for g in grids]  # per grid, per axis: (first, last + 1) per unit
+    support = tuple([(min(sp[i][u][0] for sp in spans), max(sp[i][u][1] for sp in spans)) for u in range(size[i])]
+                    for i in range(2))
+    (fh, eh), (fw, ew) = _fit(h, support[0], ctx.extent[0]), _fit(w, support[1], ctx.extent[1])
+    return _Map(fh, fw, exact and eh and ew, unproven, support)
+
+
+def _spans(grid: _Map, size: tuple[int, int], extent: tuple[int, int]) -> tuple:
+    """Per axis, the pixels ``(first, last + 1)`` each unit index's TRF spans, clipped to the image."""
+    if grid.support is not None:
+        return grid.support
+    return tuple([_clip_span(a.start + i * a.jump - (a.rf - 1) / 2, a.start + i * a.jump + (a.rf - 1) / 2, n)
+                  for i in range(k)] for a, k, n in zip((grid.h, grid.w), size, extent))
+
+
+def _fit(a: AxisRF, spans: Sequence[tuple[int, int]], extent: int) -> tuple[AxisRF, bool]:
+    """The smallest symmetric TRF around each unit's centre ``start + i*jump`` that contains its pixel span
+    ``spans[i]``, and whether that box, clipped, is each span exactly."""
+    centres = [a.start + i * a.jump for i in range(len(spans))]
+    half = max(max(c - first, last - 1 - c) for c, (first, last) in zip(centres, spans) if last > first)
+    out = AxisRF(2 * half + 1, a.jump, a.start)
+    exact = all(_clip_span(c - half, c + half, extent) == span for c, span in zip(centres, spans))
+    return out, exact
 
 
 def _channel_dim(ctx: _Ctx, dim: int) -> Any:
@@ -787,24 +824,19 @@ def _mixed(ctx: _Ctx, grid: Any, size: tuple[int, int], sets: torch.Tensor, own:
         reads = (sets.T.float() @ sets.float()) > 0  # (h*w, h*w): units that share a slice
     elif grid is _GLOBAL or bool(reads.all()):
         return _settle(_GLOBAL, size, own)
-    shared = reads.view(h, w, h, w)
-    exact = grid.exact
-    rows, cols = [], []
-    for y in range(h):
-        r = shared[y].any(dim=2).any(dim=0)  # (h,) source rows of any unit in row y
-        rows.append(torch.nonzero(r).flatten().tolist())
-    for x in range(w):
-        c = shared[:, x].any(dim=1).any(dim=0)  # (w,) source columns of any unit in column x
-        cols.append(torch.nonzero(c).flatten().tolist())
-    # exact only if unit (y, x) reads exactly rows[y] x cols[x]
-    box = torch.zeros(h, w, h, w, dtype=torch.bool)
-    for y in range(h):
-        for x in range(w):
-            box[y, x][torch.tensor(rows[y])[:, None], torch.tensor(cols[x])[None, :]] = True
-    exact = exact and torch.equal(box, shared)
-    (gh, eh), (gw, ew) = (sampled_axis(grid.h, rows, 1.0, ctx.extent[0]),
-                          sampled_axis(grid.w, cols, 1.0, ctx.extent[1]))
-    return _settle(_Map(gh, gw, exact and eh and ew, grid.unproven), size, own)
+    spans = _spans(grid, size, ctx.extent)  # the TRF of every unit, per axis
+    uy, ux = torch.arange(h * w) // w, torch.arange(h * w) % w  # (n,) row and column of each unit
+    support, exact = [], grid.exact
+    for (first, last), idx, k in zip((zip(*spans[0]), zip(*spans[1])), (uy, ux), (h, w)):
+        first, last = torch.tensor(first)[idx], torch.tensor(last)[idx]  # (n,): span of each read unit
+        lo = torch.where(reads, first[None, :], 1 << 30).amin(dim=1)  # (n,): over the units each unit reads
+        hi = torch.where(reads, last[None, :], -1).amax(dim=1)
+        lo, hi = torch.minimum(lo, first), torch.maximum(hi, last)  # a unit that reads nothing keeps its own
+        lo, hi = (lo.view(h, w), hi.view(h, w)) if idx is uy else (lo.view(h, w).T, hi.view(h, w).T)
+        exact = exact and bool((lo == lo[:, :1]).all() and (hi == hi[:, :1]).all())  # rows x columns
+        support.append([(int(lo[i].min()), int(hi[i].max())) for i in range(k)])
+    (gh, eh), (gw, ew) = _fit(grid.h, support[0], ctx.extent[0]), _fit(grid.w, support[1], ctx.extent[1])
+    return _settle(_Map(gh, gw, exact and eh and ew, grid.unproven, tuple(support)), size, own)
 
 
 def _along(ctx: _Ctx, dims: Sequence[int]) -> Any:
@@ -840,7 +872,7 @@ def _merged_blocks(ctx: _Ctx, laid: _Laid, sets: torch.Tensor, first: torch.Tens
     with strides (sy, sx); the blocks are the units of a new, coarser grid. None if not that pattern."""
     h, w = laid.size
     counts = sets.sum(dim=1)
-    if not bool((counts > 1).all()) or laid.grid is _GLOBAL:
+    if not bool((counts > 1).all()):
         return None
     units = sets.view(-1, h, w)
     ys, xs = units.any(dim=2), units.any(dim=1)  # (S, h), (S, w)
@@ -854,8 +886,17 @@ def _merged_blocks(ctx: _Ctx, laid: _Laid, sets: torch.Tensor, first: torch.Tens
     sx = tx[1] - tx[0] if len(tx) > 1 else kx
     if ty != list(range(ty[0], ty[0] + sy * len(ty), sy)) or tx != list(range(tx[0], tx[0] + sx * len(tx), sx)):
         return None
-    grid = _per_axis(laid.grid, lambda a, i: conv_axis(a, (ky, kx)[i], (sy, sx)[i], -(ty[0], tx[0])[i], 1))
+    grid = _GLOBAL if laid.grid is _GLOBAL else _per_axis(  # a global grid stays global, on the coarser grid
+        laid.grid, lambda a, i: conv_axis(a, (ky, kx)[i], (sy, sx)[i], -(ty[0], tx[0])[i], 1))
     new = (len(ty), len(tx))
+    if grid is not _GLOBAL and laid.grid.support is not None:  # block j spans its units' spans
+        old = laid.grid.support
+        support = tuple([(min(old[i][t0 + j * s + q][0] for q in range(k)), max(old[i][t0 + j * s + q][1]
+                                                                                 for q in range(k)))
+                         for j in range(m)] for i, (t0, s, k, m) in enumerate(((ty[0], sy, ky, new[0]),
+                                                                              (tx[0], sx, kx, new[1]))))
+        (fh, eh), (fw, ew) = _fit(grid.h, support[0], ctx.extent[0]), _fit(grid.w, support[1], ctx.extent[1])
+        grid = _Map(fh, fw, laid.grid.exact and eh and ew, grid.unproven, support)
     slice_unit = (y0 - ty[0]) // sy * new[1] + (x0 - tx[0]) // sx  # (S,): new unit of each slice
     own = slice_unit.view(first.shape)
     return _settle(grid, new, own.expand(out.shape))
@@ -888,14 +929,16 @@ def _attention(ctx: _Ctx, query: Any, key: Any, value: Any, qs: Any, ks: Any, vs
 
 
 def _matmul(ctx: _Ctx) -> Any:
-    """``a @ b``: with one image operand a Linear over its last dim (or rows); with two (attention scores,
-    scores @ values) each row of ``a`` reads every token of ``b``'s slice."""
+    """``a @ b``: with one image operand a Linear over its last dim (or rows); with two that both contract
+    channels, attention scores (:class:`_Pairs`, followed through mask and softmax to ``@ v``); with two
+    otherwise, each row of ``a`` reads every token of ``b``'s slice."""
     deps = _deps(ctx)
     a, b = ctx.args[0], ctx.args[1]
     if len(deps) == 1:
         return _along(ctx, [-1] if deps[0][1] is a else [-2])
     sa, sb = ctx.states[0], ctx.states[1]
-    return _attention(ctx, a, b, None, sa, sb, None, -2)
+    pairs = _score_pairs(ctx, a, b, sa, sb)
+    return pairs if pairs is not None else _attention(ctx, a, b, None, sa, sb, None, -2)
 
 
 def _einsum(ctx: _Ctx) -> Any:
@@ -954,30 +997,199 @@ def _sdpa(ctx: _Ctx) -> Any:
     return _attention(ctx, q, k, v, qs, ks, vs, -2)
 
 
+def _unmasked(offset: torch.Tensor) -> torch.Tensor:
+    """Where an image-independent attention mask lets a pair through: True in a boolean mask, above
+    ``_MASKED`` in an additive one (Swin writes -100; a pair offset by -50 or less weighs below e**-50,
+    about 2e-22, of an unmasked one: nothing in float32, whose resolution is 1.2e-7). On the CPU. A mask
+    on the meta device has no values: every pair counts (an upper bound)."""
+    if offset.is_meta:
+        return torch.ones(offset.shape, dtype=torch.bool)
+    offset = offset.detach().cpu()
+    return offset > _MASKED if offset.is_floating_point() else offset.bool()
+
+
 def _masked_attention(ctx: _Ctx, q, k, qs, ks, vs, mask: torch.Tensor) -> Any:
-    """Attention under an image-independent mask (Swin's shifted windows): a query reads only the keys its
-    mask lets through: True in a boolean mask, above -100 in an additive one (Swin writes -100, so the
-    weight of a masked pair is below e**-100; the window is the one the model means)."""
+    """Attention under an image-independent mask (Swin's shifted windows): a query reads only the keys (and
+    their values) its mask lets through (:func:`_unmasked`)."""
     lq, lk = _laid_of(qs, q), _laid_of(ks, k)
-    if lq is None or lk is None or (vs is not None and not torch.equal(_laid_of(vs, _arg(ctx, 2, "value")).pos,
-                                                                         lk.pos)):
+    lv = _laid_of(vs, _arg(ctx, 2, "value")) if vs is not None else None
+    if lq is None or lk is None or (vs is not None and lv is None):
         return None
-    size, grids = _common_grid(ctx, [lq, lk])
+    size, grids = _common_grid(ctx, [lq, lk] + ([lv] if lv is not None else []))
     qp, kp = lq.pos[..., 0], lk.pos[..., 0]  # (..., L), (..., S): each token's unit (channels constant)
-    allowed = mask > -100 if mask.is_floating_point() else mask.bool()
-    shape = torch.broadcast_shapes(qp.shape[:-1], kp.shape[:-1], allowed.shape[:-2])
+    vp = lv.pos[..., 0] if lv is not None else torch.full_like(kp, -1)  # (..., S)
     L, S = qp.shape[-1], kp.shape[-1]
-    allowed = allowed.cpu().expand(*shape, L, S)  # (..., L, S)
-    qi = qp.expand(*shape, L)[..., :, None].expand(*shape, L, S)
-    ki = kp.expand(*shape, S)[..., None, :].expand(*shape, L, S)
-    keep = allowed & (qi >= 0) & (ki >= 0)
-    n = size[0] * size[1]
-    reads = torch.zeros(n, n, dtype=torch.bool)
-    reads[qi[keep], ki[keep]] = True
+    allowed = _unmasked(mask)
+    shape = torch.broadcast_shapes(qp.shape[:-1], kp.shape[:-1], vp.shape[:-1], allowed.shape[:-2]) + (L, S)
+    row, col, vunit = qp[..., :, None].expand(shape), kp[..., None, :].expand(shape), vp[..., None, :].expand(shape)
+    own = lq.pos.narrow(-1, 0, 1).expand(ctx.value.shape)
+    return _attend(ctx, _union_grids(ctx, grids), size, row, col, allowed.expand(shape), vunit, own)
+
+
+def _attend(ctx: _Ctx, grid: Any, size: tuple[int, int], row: torch.Tensor, col: torch.Tensor,
+            live: torch.Tensor, vunit: torch.Tensor, own: torch.Tensor) -> Any:
+    """Attention as pairs (query ``row``, key ``col``, value ``vunit``: units, all of shape (..., L, S)): the
+    output token of each query reads its own unit and, for every ``live`` pair, the key's and the value's.
+    ``own`` are the positions of the output's elements. The exact unit-to-unit reads go to :func:`_mixed`."""
+    h, w = size
+    n = h * w
+    if grid is _GLOBAL:
+        return _settle(_GLOBAL, size, own)
+    reads = torch.zeros(n, n, dtype=torch.bool)  # (n, n): unit u reads unit v
+    for cand in (col, vunit):
+        keep = live & (row >= 0) & (cand >= 0)  # (..., L, S)
+        reads[row[keep], cand[keep]] = True
     reads |= torch.eye(n, dtype=torch.bool) & reads.any(dim=1, keepdim=True)  # a unit that attends reads itself
-    out = ctx.value
-    own = lq.pos.narrow(-1, 0, 1).expand(out.shape)
-    return _mixed(ctx, _union_grids(ctx, grids), size, None, own, reads)
+    return _mixed(ctx, grid, size, None, own, reads)
+
+
+@dataclass(frozen=True, eq=False)
+class _Pairs:
+    """Attention scores ``q @ k^T`` (B, heads, L, S): element (l, s) reads the query's unit ``row`` and the
+    key's unit ``col``, both tensors of the value's shape, on the units' common ``grid``.
+
+    Image-independent additions follow (relative-position bias; a mask: ``live`` is False where the pair's
+    offset is masked, :func:`_unmasked`), layout ops are replayed on the four tensors, and a softmax over
+    the key axis sets ``slices`` (an id per element: elements of one slice were normalised together, so
+    each reads every live key of its slice). ``scores @ v`` then reads, per query, its own unit and the
+    key and value of each live pair (:func:`_attend`): the window and the shift mask, exactly. Any other
+    consumer sees :func:`_coarse`: one unit per element, its TRF grown by every pair.
+    """
+
+    grid: Any
+    size: tuple[int, int]
+    row: torch.Tensor
+    col: torch.Tensor
+    live: torch.Tensor
+    slices: torch.Tensor | None = None
+
+
+def _score_pairs(ctx: _Ctx, a: torch.Tensor, b: torch.Tensor, sa: Any, sb: Any) -> Any:
+    """``a @ b`` of two image tensors contracting channels of both (``q @ k.transpose(-2, -1)``): scores
+    between a's rows and b's columns, as :class:`_Pairs`; None for any other pattern."""
+    if sa is _GLOBAL or sb is _GLOBAL:  # scores with a tensor that already saw every pixel
+        return _GLOBAL
+    la, lb = _laid_of(sa, a), _laid_of(sb, b)
+    if la is None or lb is None or a.dim() < 2 or b.dim() < 2:
+        return None
+    ap, bp = la.pos, lb.pos  # (..., L, K), (..., K, S)
+    if not (torch.equal(ap[..., :1].expand(ap.shape), ap) and torch.equal(bp[..., :1, :].expand(bp.shape), bp)):
+        return None  # the contracted axis holds positions: a Linear over tokens, not scores
+    size, grids = _common_grid(ctx, [la, lb])
+    grid = _union_grids(ctx, grids)
+    shape = ctx.value.shape  # (..., L, S)
+    row = ap[..., :1].expand(shape).contiguous()
+    if grid is _GLOBAL:
+        return _settle(_GLOBAL, size, row)
+    return _Pairs(grid, size, row, bp[..., :1, :].expand(shape).contiguous(), torch.ones(shape, dtype=torch.bool))
+
+
+def _coarse(ctx: _Ctx, p: _Pairs) -> Any:
+    """Scores as one unit per element (the query's; the key's for learned queries), whose TRF holds every
+    unit the element reads: an upper bound for consumers other than softmax and ``@ v``."""
+    n = p.size[0] * p.size[1]
+    own = torch.where(p.row >= 0, p.row, p.col)
+    reads = torch.zeros(n, n, dtype=torch.int32)  # (n, n)
+    keep = (own >= 0) & (p.col >= 0) & (p.live | (p.slices is None))  # after softmax a masked pair weighs nothing
+    reads.index_put_((own[keep], p.col[keep]), torch.ones((), dtype=torch.int32), accumulate=True)
+    if p.slices is not None:  # each element also reads the live keys of its slice
+        ids = p.slices
+        units = torch.zeros(int(ids.max()) + 1, n + 1, dtype=torch.int32)  # (slices, n + 1): column 0 for -1
+        live = p.live & (p.col >= 0)
+        units[ids[live], p.col[live] + 1] = 1
+        owners = torch.unique(torch.stack([own[own >= 0], ids[own >= 0]]), dim=1)  # (2, P): (unit, slice)
+        reads.index_add_(0, owners[0], units[owners[1], 1:])
+    return _mixed(ctx, p.grid, p.size, None, own, (reads > 0) | torch.eye(n, dtype=torch.bool))
+
+
+def _replay_pairs(ctx: _Ctx, p: _Pairs, v: torch.Tensor) -> Any:
+    """A layout op on scores, replayed on their four tensors; None where it would lose part of a slice."""
+    fields = [p.row, p.col, p.live.long()] + ([p.slices] if p.slices is not None else [])
+    outs = []
+    for f in fields:
+        if not any(a is v for a in ctx.args):
+            return None
+        out = ctx.call(tuple(f if a is v else a for a in ctx.args), ctx.kwargs)
+        if not isinstance(out, torch.Tensor):
+            return None
+        outs.append(out)
+    row, col, live = outs[0], outs[1], outs[2].bool()
+    slices = outs[3] if p.slices is not None else None
+    if slices is not None:
+        n1 = p.size[0] * p.size[1] + 1
+        before = torch.unique(p.slices[p.live] * n1 + p.col[p.live] + 1)
+        if not torch.equal(before, torch.unique(slices[live] * n1 + col[live] + 1)):
+            return None
+    return _Pairs(p.grid, p.size, row, col, live, slices)
+
+
+def _softmax_pairs(p: _Pairs, v: torch.Tensor, dim: int) -> Any:
+    """Softmax over the key axis: each element now reads every live key of its slice; None otherwise."""
+    d = dim % v.dim()
+    if p.slices is not None or not torch.equal(p.row.narrow(d, 0, 1).expand(p.row.shape), p.row):
+        return None
+    rest = [n for i, n in enumerate(v.shape) if i != d]
+    ids = torch.arange(math.prod(rest)).view(rest).unsqueeze(d).expand(v.shape).contiguous()  # one id per slice
+    return _Pairs(p.grid, p.size, p.row, p.col, p.live, ids)
+
+
+def _consume_pairs(ctx: _Ctx) -> Any:
+    """``scores @ v``: each query's output reads its unit and the key and value units of its live pairs."""
+    a, b = ctx.args[0], ctx.args[1]
+    sa, sb = ctx.states[0], ctx.states[1]
+    lb = _laid_of(sb, b) if not isinstance(sb, _Pairs) else None
+    if not isinstance(sa, _Pairs) or lb is None or lb.size != sa.size or a.dim() < 2 or b.dim() < 2:
+        return None
+    vp = lb.pos  # (..., S, D)
+    const = lambda t: torch.equal(t[..., :1].expand(t.shape), t)  # noqa: E731 - along the last dim
+    if not (const(vp) and const(sa.row) and (sa.slices is None or const(sa.slices))):
+        return None  # only a softmax over the contracted key axis keeps each query's reads in its row
+    shape = torch.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + tuple(a.shape[-2:])  # (..., L, S)
+    live = sa.live if sa.slices is not None else torch.ones_like(sa.live)  # before softmax a mask masks nothing
+    vunit = vp[..., 0].unsqueeze(-2).expand(shape)  # (..., L, S): value unit of key s
+    own = sa.row[..., :1].expand(ctx.value.shape)  # (..., L, D)
+    grid = _union_grids(ctx, [sa.grid, lb.grid])
+    return _attend(ctx, grid, sa.size, sa.row.expand(shape), sa.col.expand(shape), live.expand(shape), vunit, own)
+
+
+_ADDS = {operator.add, operator.iadd, torch.add, "add", "add_", "__add__", "__radd__"}
+_MATMULS = {operator.matmul, torch.matmul, torch.bmm, "matmul", "__matmul__", "bmm"}
+_SOFTMAXES = {F.softmax, F.log_softmax, "softmax", "log_softmax"}
+
+
+def _pairs_rule(gm: fx.GraphModule, node: fx.Node, ctx: _Ctx) -> Any:
+    """Ops on attention scores (:class:`_Pairs`) that keep them pairs, or end them as ``@ v``; None otherwise."""
+    target = node.target
+    if node.op != "call_module" and target in _MATMULS:
+        return _consume_pairs(ctx)
+    deps = _deps(ctx)
+    if len(deps) != 1 or not isinstance(deps[0][0], _Pairs) or not isinstance(ctx.value, torch.Tensor):
+        return None
+    p, v = deps[0]
+    m = gm.get_submodule(target) if node.op == "call_module" else None
+    if isinstance(m, (nn.Softmax, nn.LogSoftmax)) or (m is None and target in _SOFTMAXES):
+        dim = m.dim if m is not None else _arg(ctx, 1, "dim")
+        return None if dim is None else _softmax_pairs(p, v, dim)
+    kind = op_kind(node, gm)
+    if kind == "layout":
+        return _replay_pairs(ctx, p, v)
+    if kind not in ("pointwise", "binary"):
+        return None
+    shape = ctx.value.shape
+    row, col, live = (t.expand(shape).contiguous() for t in (p.row, p.col, p.live))
+    slices = p.slices.expand(shape).contiguous() if p.slices is not None else None
+    if m is None and target in _ADDS and slices is None:  # + an image-independent bias or mask
+        for other in (*ctx.args, *ctx.kwargs.values()):
+            if isinstance(other, torch.Tensor) and other is not v:
+                live = live & torch.broadcast_to(_unmasked(other), shape)
+    return _Pairs(p.grid, p.size, row, col, live, slices)
+
+
+def _coarsened(ctx: _Ctx) -> _Ctx:
+    """``ctx`` with every :class:`_Pairs` argument state replaced by its :func:`_coarse` upper bound."""
+    sub = lambda st: _coarse(ctx, st) if isinstance(st, _Pairs) else st  # noqa: E731
+    walk = lambda st: type(st)(walk(x) for x in st) if isinstance(st, (tuple, list)) else sub(st)  # noqa: E731
+    return ctx._replace(states=walk(ctx.states), kwstates={k: walk(x) for k, x in ctx.kwstates.items()})
 
 
 def _mha(ctx: _Ctx, m: nn.MultiheadAttention) -> Any:
@@ -1014,16 +1226,14 @@ def _shifted_window_attention(ctx: _Ctx) -> Any:
     expected = _grid_pos(laid.size, (B, C, *laid.size)).permute(0, 2, 3, 1)
     if (H, W) != laid.size or not torch.equal(laid.pos, expected):
         raise _unsupported(ctx, f"expected (B, H, W, C) tokens of a {laid.size[0]}x{laid.size[1]} grid")
-    grid = laid.grid
-    sources = [_window_sources(n, window[i], shift[i]) for i, n in enumerate((H, W))]
-    if all(len(s) == n for src, n in zip(sources, (H, W)) for s in src):  # one window holds the whole map
-        return _Laid(_GLOBAL, laid.size, laid.pos)
-    axes = []
+    reads = []  # per axis (n, n): unit i reads unit j
     for i, n in enumerate((H, W)):
-        a, ok = sampled_axis((grid.h, grid.w)[i], sources[i], 1.0, ctx.extent[i])
-        axes.append((a, ok))
-    return _Laid(_Map(axes[0][0], axes[1][0], grid.exact and axes[0][1] and axes[1][1], grid.unproven),
-                 laid.size, laid.pos)
+        r = torch.zeros(n, n, dtype=torch.bool)
+        for u, src in enumerate(_window_sources(n, window[i], shift[i])):
+            r[u, src] = True
+        reads.append(r)
+    both = (reads[0][:, None, :, None] & reads[1][None, :, None, :]).reshape(H * W, H * W)  # rows x columns
+    return _mixed(ctx, laid.grid, laid.size, None, laid.pos, both)
 
 
 # Modules -------------------------------------------------------------------
@@ -1248,7 +1458,7 @@ def _run(model: nn.Module, gm: fx.GraphModule, names: dict[fx.Node, str], size: 
 def _is_global(state: Any) -> bool:
     if isinstance(state, (tuple, list)):
         return any(_is_global(s) for s in state)
-    return state is _GLOBAL or isinstance(state, _Laid) and state.grid is _GLOBAL
+    return state is _GLOBAL or isinstance(state, (_Laid, _Pairs)) and state.grid is _GLOBAL
 
 
 def _node_state(gm: fx.GraphModule, node: fx.Node, ctx: _Ctx) -> Any:
@@ -1261,6 +1471,11 @@ def _node_state(gm: fx.GraphModule, node: fx.Node, ctx: _Ctx) -> Any:
             isinstance(value, (tuple, list)) and any(isinstance(v, torch.Tensor) for v in value)
             and all(isinstance(v, torch.Tensor) or v is None for v in value)):  # (output, None) of attention
         return None  # x.shape, x.size(2), x.dim(): metadata, not activations
+    if any(isinstance(st, _Pairs) for st, _ in _deps(ctx)):
+        state = _pairs_rule(gm, node, ctx)
+        if state is not None:
+            return state
+        ctx = _coarsened(ctx)
     if node.op == "call_module":
         state = _module_rule(ctx, gm.get_submodule(node.target))
     elif node.op == "call_function":
@@ -1431,6 +1646,9 @@ def _why_not(layer: str, state: Any, desc: str = "") -> str:
         grid = state if isinstance(state, _Map) else state.grid
         return (f"layer {layer!r} comes after {grid.unproven}, whose per-unit support erf.rf cannot work out; "
                 f"its TRF is not proven (layers before it are exact, and a later op that mixes all positions is global)")
+    if isinstance(state, _Pairs):
+        return (f"layer {layer!r} holds attention scores between pairs of units (query, key), not one unit "
+                f"per element; name the attention's output")
     if isinstance(state, _Laid):
         return (f"{desc} at {layer!r} leaves the units in a layout that is neither (B, C, h, w), (B, h, w, C) "
                 f"nor tokens (B, N, D); name a layer that is")

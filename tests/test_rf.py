@@ -400,11 +400,13 @@ def linearised(model: nn.Module, collapse: bool = False) -> nn.Module:
 
 
 def gradient_boxes(model: nn.Module, layer: str, size: tuple[int, int], units: list[tuple[int, int]],
-                   collapse: bool = False, all_channels: bool = False):
+                   collapse: bool = False, all_channels: bool = False, floor: float = 0.0):
     """Bounding box (top, left, bottom, right) and fill of each unit's input-gradient support.
 
     The gradient starts at channel 0 of the unit, or at every channel (``all_channels``: the TRF
-    is the union over channels, which differ where an identity branch keeps some, as in ShuffleNet)."""
+    is the union over channels, which differ where an identity branch keeps some, as in ShuffleNet).
+    The support is where the gradient exceeds ``floor`` times its largest value: an additive attention
+    mask of -100 (Swin) leaves weights of e**-100 ~ 4e-44, which float64 still holds."""
     body = truncate(linearised(model, collapse), layer)
     x = torch.zeros(len(units), 1 if collapse else 3, *size, dtype=torch.float64, requires_grad=True)
     out = body(x)  # (U, C, h, w): one image per unit
@@ -414,6 +416,7 @@ def gradient_boxes(model: nn.Module, layer: str, size: tuple[int, int], units: l
     out.backward(seed)
     boxes = []
     for g in x.grad.abs().sum(1):  # (H, W) per unit
+        g = torch.where(g > floor * g.max(), g, 0.0)
         rows, cols = g.any(1).nonzero().flatten(), g.any(0).nonzero().flatten()
         t, l, b, r = rows.min().item(), cols.min().item(), rows.max().item() + 1, cols.max().item() + 1
         boxes.append(((t, l, b, r), bool((g[t:b, l:r] > 0).all())))
@@ -556,8 +559,10 @@ def test_layout_ops_by_hand():
         receptive_fields(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Linear(6, 5)), 8)
 
 
-def test_attention_over_windows_and_under_a_mask_by_hand():
-    """Tokens of a 4x4 grid (4-px patches) attend within 2x2 windows (a block mask): the TRF is the window."""
+@pytest.mark.parametrize("explicit", [False, True])
+def test_attention_over_windows_and_under_a_mask_by_hand(explicit):
+    """Tokens of a 4x4 grid (4-px patches) attend within 2x2 windows (a block mask): the TRF is the window,
+    whether attention is one SDPA call or written out as timm's Swin does (q @ k^T + mask, softmax, @ v)."""
 
     class Net(nn.Module):
         def __init__(self, masked: bool):
@@ -569,9 +574,13 @@ def test_attention_over_windows_and_under_a_mask_by_hand():
 
         def forward(self, x):
             t = self.embed(x).flatten(2).transpose(1, 2)  # (B, 16, 8)
-            return F.scaled_dot_product_attention(t, t, t, attn_mask=self.mask)
+            if not explicit:
+                return F.scaled_dot_product_attention(t, t, t, attn_mask=self.mask)
+            scores = (t * 8 ** -0.5) @ t.transpose(-2, -1) + self.mask  # (B, 16, 16): query x key
+            return scores.softmax(dim=-1) @ t  # (B, 16, 8)
 
-    masked = receptive_field(Net(True), "scaled_dot_product_attention", 16)
+    layer = "matmul_1" if explicit else "scaled_dot_product_attention"
+    masked = receptive_field(Net(True), layer, 16)
     assert masked.layout == "tokens+0" and not masked.is_global and masked.exact is False
     # a unit reads its window, one patch to one side: the one symmetric box that contains every unit's
     # window spans one patch either side, 3 patches = 12 px (not an affine grid of boxes, so exact=False)
@@ -580,5 +589,33 @@ def test_attention_over_windows_and_under_a_mask_by_hand():
         t, l, b, r = masked.box(y, x, clip=True)
         wy, wx = y // 2 * 8, x // 2 * 8  # the window's top-left pixel
         assert t <= wy and l <= wx and b >= wy + 8 and r >= wx + 8
-    full = receptive_field(Net(False), "scaled_dot_product_attention", 16)
-    assert full.is_global and full.global_from.startswith("scaled_dot_product_attention")
+    full = receptive_field(Net(False), layer, 16)
+    assert full.is_global and full.global_from.startswith("matmul" if explicit else "scaled_dot_product_attention")
+    if explicit:  # the scores are pairs of units, not units
+        with pytest.raises(ValueError, match=r"holds attention scores between pairs of units"):
+            receptive_field(Net(True), "softmax", 16)
+
+
+@pytest.mark.parametrize("masked", [True, False])
+def test_attention_scores_used_otherwise_keep_the_window(masked):
+    """Scores read by something other than ``@ v`` (here the largest weight per query scales the token): each
+    element counts every unit its scores read, so under the window mask the TRF is still the window."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Conv2d(3, 8, 4, stride=4)
+            win = (torch.arange(4)[:, None] // 2 * 2 + torch.arange(4)[None, :] // 2).flatten()  # (16,) window id
+            self.register_buffer("mask", torch.where(win[:, None] == win[None, :], 0.0, -100.0) if masked else
+                                 torch.zeros(16, 16))
+
+        def forward(self, x):
+            t = self.embed(x).flatten(2).transpose(1, 2)  # (B, 16, 8)
+            attn = (t @ t.transpose(-2, -1) + self.mask).softmax(dim=-1)  # (B, 16, 16)
+            return attn.amax(dim=-1, keepdim=True) * t  # (B, 16, 8)
+
+    r = receptive_field(Net(), "mul", 16)
+    if masked:
+        assert not r.is_global and r.rf == (12, 12) and r.box(0, 0, clip=True) == (0, 0, 8, 8)
+    else:
+        assert r.is_global and r.global_from == "Tensor.amax at 'amax'"  # the op that used the scores

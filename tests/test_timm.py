@@ -94,6 +94,32 @@ def test_swin_channels_last_stages_map_to_their_grid():
             assert truncate(model, layer)(x).shape[-2:] == rfs[layer].size
 
 
+def test_swin_windows_and_shift_mask_hold_the_gradient_support():
+    """timm's Swin writes attention out (q @ k^T + bias + shift mask, softmax, @ v): each token reads its
+    window, and after the shifted block its masked window, not the tokens the roll brought beside it.
+    A 128 px input, 4-token windows: stages of 32, 16, 8 and 4 tokens, the last one window (global)."""
+    model = small("swin_tiny_patch4_window7_224", img_size=128, window_size=4, embed_dim=12, depths=(2, 2, 2, 2),
+                  num_heads=(1, 1, 1, 1))
+    layers = ["layers.0.blocks.0", "layers.0", "layers.1", "layers.2"]
+    rfs = receptive_fields(model, 128, layers + ["layers.3"])
+    assert rfs["layers.0.blocks.0"].rf == (28, 28)  # windows of 4 patches: 3 patches either side of the centre
+    # shifted block (shift 2): patch 2 reads patches 2..5, i.e. the windows 0..3 and 4..7 of block 0, pixels
+    # 0..31 around its centre 9.5: 21.5 px either side, rf 44. Patch 0 reads patches 0, 1 only: the shift
+    # mask keeps out 28, 29 that the roll put in its window; without the mask its box would be the image.
+    assert rfs["layers.0"].rf == (44, 44) and rfs["layers.0"].box(0, 0, clip=True) == (0, 0, 24, 24)
+    assert rfs["layers.3"].is_global and rfs["layers.3"].global_from == "matmul at 'layers.3.blocks.0.attn.matmul_1'"
+    for layer in layers:
+        r = rfs[layer]
+        assert not r.is_global and r.exact is False and r.layout == "NHWC"  # windows: no affine grid of boxes
+        units = corner_and_centre_units(*r.size)
+        for unit, (box, _) in zip(units, gradient_boxes(model, layer, (128, 128), units, floor=1e-30)):
+            t, l, b, rt = r.box(*unit, clip=True)
+            assert t <= box[0] and l <= box[1] and box[2] <= b and box[3] <= rt, (layer, unit, box)
+            if layer == "layers.0.blocks.0":  # one window, no shift: the box is the window's
+                wy, wx = unit[0] // 4 * 16, unit[1] // 4 * 16
+                assert box == (wy, wx, wy + 16, wx + 16)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name, size, layers", [
     ("convnext_atto", (96, 96), ["stages.1", "stages.2"]),

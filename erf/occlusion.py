@@ -524,17 +524,19 @@ class _NeuronAccumulator:
     def finalize(self, canvas: _Canvas, names: list[str], views=None, **common) -> ERFResult:
         c, y, x = self.neuron
         grid = np.stack([self.per_image[n][1] for n in names])  # (N, gh, gw), image order
+        image_maps = canvas.render(grid)  # (N, H, W): raw |delta| on the image grid
+        center = canvas.rf.center(y, x)
         maps = np.zeros((1,) + tuple(2 * s for s in canvas.image_size), dtype=np.float32)  # (1, 2H, 2W)
-        for g in grid:
+        for g, m in zip(grid, image_maps):  # each rendered map over its grid peak: the stored maps' arithmetic
             if g.max() > 0:
-                maps[0] += canvas.recentred(g, y, x)
+                maps[0] += recenter(m / g.max(), center)
         maps[0] /= len(names)
         N = len(names)
         return build_result(mode="neuron", maps=maps, trf_areas=np.array([canvas.clipped_area(y, x)]),
                             topk_images=np.arange(N)[None], topk_locations=np.tile(np.array([y, x])[None, None],
                                                                                     (1, N, 1)),
                             topk_values=np.array([[self.per_image[n][0] for n in names]]),
-                            image_maps=canvas.render(grid), neuron=self.neuron, images=names, **common)
+                            image_maps=image_maps, neuron=self.neuron, images=names, **common)
 
 
 # --------------------------------------------------------------------------- the sweep

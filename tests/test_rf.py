@@ -559,6 +559,13 @@ def test_layout_ops_by_hand():
         receptive_fields(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Linear(6, 5)), 8)
 
 
+def _window_mask(masked: bool) -> torch.Tensor:
+    """(16, 16) additive mask for the tokens of a 4x4 grid: 0 within the same 2x2 window, -100 (Swin's) across;
+    all zeros when not ``masked``."""
+    win = (torch.arange(4)[:, None] // 2 * 2 + torch.arange(4)[None, :] // 2).flatten()  # (16,) window id
+    return torch.where(win[:, None] == win[None, :], 0.0, -100.0) if masked else torch.zeros(16, 16)
+
+
 @pytest.mark.parametrize("explicit", [False, True])
 def test_attention_over_windows_and_under_a_mask_by_hand(explicit):
     """Tokens of a 4x4 grid (4-px patches) attend within 2x2 windows (a block mask): the TRF is the window,
@@ -568,9 +575,7 @@ def test_attention_over_windows_and_under_a_mask_by_hand(explicit):
         def __init__(self, masked: bool):
             super().__init__()
             self.embed = nn.Conv2d(3, 8, 4, stride=4)
-            win = (torch.arange(4)[:, None] // 2 * 2 + torch.arange(4)[None, :] // 2).flatten()  # (16,) window id
-            self.register_buffer("mask", torch.where(win[:, None] == win[None, :], 0.0, -100.0) if masked else
-                                 torch.zeros(16, 16))
+            self.register_buffer("mask", _window_mask(masked))
 
         def forward(self, x):
             t = self.embed(x).flatten(2).transpose(1, 2)  # (B, 16, 8)
@@ -605,9 +610,7 @@ def test_attention_scores_used_otherwise_keep_the_window(masked):
         def __init__(self):
             super().__init__()
             self.embed = nn.Conv2d(3, 8, 4, stride=4)
-            win = (torch.arange(4)[:, None] // 2 * 2 + torch.arange(4)[None, :] // 2).flatten()  # (16,) window id
-            self.register_buffer("mask", torch.where(win[:, None] == win[None, :], 0.0, -100.0) if masked else
-                                 torch.zeros(16, 16))
+            self.register_buffer("mask", _window_mask(masked))
 
         def forward(self, x):
             t = self.embed(x).flatten(2).transpose(1, 2)  # (B, 16, 8)

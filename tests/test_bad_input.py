@@ -476,3 +476,15 @@ def test_figures_missing_input(tmp):
 def test_rf_folder_as_model(tmp):
     (tmp / "run").mkdir()
     refused(rf_command, [tmp / "run"], tmp / "run", "is a folder")
+
+
+def test_dataset_image_over_pillows_pixel_limit_is_one_valueerror(tmp):
+    """Dataset images are read when a batch needs them: a decompression bomb there is a ValueError naming the
+    file (one line through the commands), not Pillow's DecompressionBombError traceback."""
+    from parsenet.data.base import read_image, read_label_png
+
+    huge = huge_png_header(tmp / "huge.png")
+    for read, what in ((read_image, "image"), (read_label_png, "mask")):
+        with pytest.raises(ValueError, match=rf"cannot read {what} .*huge\.png: .*pixels") as err:
+            read(huge)
+        assert "\n" not in str(err.value)

@@ -278,8 +278,8 @@ def read_image(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as im:
             return np.asarray(im.convert("RGB"))
-    except (OSError, SyntaxError) as exc:
-        raise ValueError(f"cannot read image {path}: {exc}") from None
+    except (OSError, SyntaxError, Image.DecompressionBombError) as exc:  # a bomb: over Pillow's pixel limit
+        raise ValueError(f"cannot read image {path}: {' '.join(str(exc).split())}") from None
 
 
 def read_label_png(path: Path) -> np.ndarray:
@@ -294,5 +294,5 @@ def read_label_png(path: Path) -> np.ndarray:
             if im.mode == "1":
                 return np.asarray(im, dtype=np.uint8)
             return np.asarray(im.convert("RGB"))
-    except (OSError, SyntaxError) as exc:
-        raise ValueError(f"cannot read mask {path}: {exc}") from None
+    except (OSError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise ValueError(f"cannot read mask {path}: {' '.join(str(exc).split())}") from None

@@ -26,7 +26,7 @@ def main(out, size, steps, train_images, val_images, probe_images, seed, quick, 
     """Train FCN and ParseNet alike, probe both, make every figure and write report.md / report.html.
 
     \b
-    Budget on 2 CPU cores: about 8 minutes (--quick: under a minute).
+    Budget on 2 CPU cores: about 11 minutes (--quick: under a minute).
     """
     check_resume_flags(overwrite, resume)
     given = {k: v for k, v in dict(out=out, size=size, steps=steps, train_images=train_images,

@@ -53,6 +53,7 @@ __all__ = [
     "PRECISIONS",
     "occluder_positions",
     "occluder_centers",
+    "grid_renderer",
     "make_patches",
     "FullReinference",
     "OcclusionConfig",
@@ -135,6 +136,19 @@ def _interp_matrix(n: int, centers: np.ndarray) -> np.ndarray:
     """
     eye = np.eye(len(centers))
     return np.stack([np.interp(np.arange(n), centers, eye[j]) for j in range(len(centers))], axis=1)
+
+
+def grid_renderer(image_size, patch=11, stride=3) -> Callable[[np.ndarray], np.ndarray]:
+    """The map from occluder-grid maps (..., gh, gw) to the image's pixels (..., H, W), float64, as the probe renders.
+
+    Example:
+        >>> grid_renderer((5, 6), 3, 2)(np.ones((2, 3))).shape
+        (5, 6)
+    """
+    H, W = _pair(image_size, "image_size")
+    cy, cx = occluder_centers((H, W), patch, stride)
+    Ry, Rx = _interp_matrix(H, cy), _interp_matrix(W, cx)  # (H, gh), (W, gw)
+    return lambda grid_maps: Ry @ np.asarray(grid_maps, np.float64) @ Rx.T
 
 
 # --------------------------------------------------------------------------- noise
@@ -431,15 +445,13 @@ class _Canvas:
     image_size: tuple[int, int]
     patch: tuple[int, int]
     stride: tuple[int, int]
-    Ry: np.ndarray = field(init=False)
-    Rx: np.ndarray = field(init=False)
+    to_image: Callable[[np.ndarray], np.ndarray] = field(init=False)
 
     def __post_init__(self):
-        cy, cx = occluder_centers(self.image_size, self.patch, self.stride)
-        self.Ry, self.Rx = _interp_matrix(self.image_size[0], cy), _interp_matrix(self.image_size[1], cx)
+        self.to_image = grid_renderer(self.image_size, self.patch, self.stride)
 
     def render(self, grid_maps: np.ndarray) -> np.ndarray:  # (..., gh, gw) -> (..., H, W)
-        return (self.Ry @ grid_maps.astype(np.float64) @ self.Rx.T).astype(np.float32)
+        return self.to_image(grid_maps).astype(np.float32)
 
     def recentred(self, grid_map: np.ndarray, y: int, x: int) -> np.ndarray:
         """One grid map normalised to max 1, on the image, re-centred on unit (y, x)'s TRF centre: (2H, 2W)."""

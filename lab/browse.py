@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from erf.occlusion import occluder_centers
+from erf.occlusion import grid_renderer
 from erf.result import ERFResult
 from erf.stats import FIT_R2_MIN, centered_square
 from erf.util import finite_or_none, format_number
@@ -257,20 +257,6 @@ class _Painter:
         return img
 
 
-def _grid_renderer(image_size, patch, stride) -> Callable[[np.ndarray], np.ndarray]:
-    """Maps on the occluder grid (gh, gw) -> the image pixels (H, W), as the probe renders its maps.
-
-    Linear between neighbouring occluder centres, the nearest centre's value
-    outside the first and last; built once per layer as two matrices by
-    interpolating the identity (``np.interp`` is linear in the values).
-    """
-    H, W = image_size
-    cy, cx = occluder_centers(image_size, patch, stride)
-    Ry = np.stack([np.interp(np.arange(H), cy, e) for e in np.eye(len(cy))], axis=1)  # (H, gh)
-    Rx = np.stack([np.interp(np.arange(W), cx, e) for e in np.eye(len(cx))], axis=1)  # (W, gw)
-    return lambda g: Ry @ np.asarray(g, np.float64) @ Rx.T  # (H, W)
-
-
 @dataclass
 class _View:
     """One image of a unit's page: the image, the channel's activation, the discrepancy map, the unit's place."""
@@ -296,7 +282,7 @@ def _views(r: ERFResult) -> list[list[_View]] | None:
     """
     H, W = r.image_size
     if r.mode == "units" and not any(a is None for a in (r.topk_maps, r.display_images, r.topk_activations)):
-        render = _grid_renderer((H, W), tuple(r.config["patch"]), tuple(r.config["stride"]))
+        render = grid_renderer((H, W), tuple(r.config["patch"]), tuple(r.config["stride"]))
         return [[_View(r.images[j], float(r.topk_values[i, k]), tuple(int(v) for v in r.topk_locations[i, k]),
                        r.display_images[j], r.topk_activations[i, k],
                        functools.partial(render, r.topk_maps[i, k]))
